@@ -1,0 +1,67 @@
+"""Documented defaults for every ``JOBTASTIC_*`` config key.
+
+Each constant is the value ``init_app`` puts into ``app.config`` with
+``setdefault`` when the application left the key unset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Where the blueprint is mounted (status, batch status, event stream).
+URL_PREFIX = "/jobtastic"
+
+#: flask-caching settings for the cache built when no ``Cache`` is passed to
+#: ``Jobtastic(cache=...)``. The in-process default only deduplicates inside
+#: one process; production uses memcached or Redis.
+CACHE: dict[str, Any] = {"CACHE_TYPE": "SimpleCache"}
+
+#: Minimum seconds between two PROGRESS writes to the result backend.
+PROGRESS_INTERVAL = 0.5
+
+#: Weight of the newest rate sample in the smoothed ETA (0 < alpha <= 1).
+PROGRESS_SMOOTHING = 0.3
+
+#: How hard a publish retries before the broker counts as down. Kept short so
+#: ``delay_or_fail`` / ``delay_or_eager`` answer within a second of a refused
+#: connection instead of Celery's default retry loop.
+PUBLISH_RETRY_POLICY: dict[str, float] = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.1,
+    "interval_max": 0.1,
+}
+
+#: Seconds to wait for the broker's TCP connect before counting it as down.
+BROKER_CONNECT_TIMEOUT = 0.5
+
+#: Put the exception's own message in FAILURE documents. Off by default: users
+#: see a generic message and an error id unless the task raised ``JobFailed``.
+EXPOSE_ERRORS = False
+
+#: Most ids one batch status request may ask for.
+BATCH_LIMIT = 100
+
+#: Seconds between event-stream heartbeats (an SSE comment line).
+EVENTS_HEARTBEAT = 15.0
+
+#: Server-side poll interval of the event stream for result backends that
+#: cannot publish changes (anything but Redis).
+EVENTS_POLL_INTERVAL = 0.25
+
+#: Longest life of one event stream; the browser reconnects afterwards.
+EVENTS_MAX_SECONDS = 600.0
+
+#: Start a Celery worker thread inside the web process. ``None`` means "only
+#: when the broker is the in-memory one", the no-servers embedded mode.
+EMBEDDED_WORKER: bool | None = None
+
+#: Threads of the embedded worker.
+EMBEDDED_WORKER_CONCURRENCY = 4
+
+#: Celery settings used when ``app.config["CELERY"]`` is missing: an in-memory
+#: broker and result store, good for a demo or tests in one process.
+CELERY_EMBEDDED: dict[str, Any] = {
+    "broker_url": "memory://",
+    "result_backend": "cache+memory://",
+}

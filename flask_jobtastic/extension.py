@@ -1,0 +1,293 @@
+"""The Flask extension: ``Jobtastic(app=None, *, celery=None, cache=None)``.
+
+It reads and checks the ``JOBTASTIC_*`` settings once, wires Celery and the
+cache, registers the blueprint, and keeps everything per application in
+``app.extensions["jobtastic"]`` (never on the extension object), so one
+extension may serve several apps.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+from flask import Flask, current_app, has_app_context
+from flask_caching import Cache
+from kombu.exceptions import OperationalError
+
+from . import defaults
+from .cache import describe_add_atomicity
+from .errors import ConfigurationError
+from .task import register_celery_app
+
+logger = logging.getLogger("flask_jobtastic")
+
+EXTENSION_KEY = "jobtastic"
+
+#: Serializer names that are safe to accept from a broker.
+_JSON_NAMES = frozenset({"json", "application/json"})
+
+
+@dataclass
+class JobtasticState:
+    """Everything the extension knows about one Flask application."""
+
+    app: Flask
+    celery: Celery
+    cache: Cache
+    cache_backend: Any
+    broker_errors: tuple[type[BaseException], ...]
+    publish_retry_policy: dict[str, float]
+    progress_interval: float
+    progress_smoothing: float
+    expose_errors: bool
+    batch_limit: int
+    url_prefix: str
+    events_heartbeat: float
+    events_poll_interval: float
+    events_max_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _setting_defaults() -> dict[str, Any]:
+    """``JOBTASTIC_<NAME>`` for every public constant in ``defaults``."""
+    return {
+        f"JOBTASTIC_{name}": getattr(defaults, name)
+        for name in dir(defaults)
+        if name.isupper() and name != "CELERY_EMBEDDED"
+    }
+
+
+def _number(config: Any, key: str, *, minimum: float, allow_equal: bool = True) -> float:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{key} must be a number, got {value!r}")
+    if value < minimum or (value == minimum and not allow_equal):
+        bound = ">=" if allow_equal else ">"
+        raise ConfigurationError(f"{key} must be {bound} {minimum}, got {value!r}")
+    return float(value)
+
+
+def build_celery(app: Flask) -> Celery:
+    """A Celery app from ``app.config["CELERY"]``, JSON-only by default."""
+    settings = app.config.get("CELERY")
+    if settings is None:
+        settings = dict(defaults.CELERY_EMBEDDED)
+    elif not isinstance(settings, dict):
+        raise ConfigurationError(
+            "app.config['CELERY'] must be a dict of Celery's lowercase settings, e.g. "
+            "{'broker_url': 'redis://localhost:6379/0', 'result_backend': 'redis://localhost:6379/1'}"
+        )
+    conf = {
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        **settings,
+    }
+    celery = Celery(app.import_name, set_as_current=False)
+    celery.config_from_object(conf)
+    return celery
+
+
+def check_celery(celery: Celery) -> None:
+    """Refuse settings flask-jobtastic cannot work with, saying what to change."""
+    conf = celery.conf
+    backend = conf.result_backend
+    if not backend or str(backend).startswith("disabled"):
+        raise ConfigurationError(
+            "flask-jobtastic needs a Celery result backend to report progress and results: "
+            "set CELERY['result_backend'] (e.g. 'redis://localhost:6379/1')"
+        )
+    for key in ("task_serializer", "result_serializer"):
+        if str(conf[key]).lower() not in _JSON_NAMES:
+            raise ConfigurationError(
+                f"Celery setting {key}={conf[key]!r} is not allowed: flask-jobtastic uses the JSON "
+                "serializer only (pickle lets a forged message run code in your worker); "
+                f"set {key}='json'"
+            )
+    for key in ("accept_content", "result_accept_content"):
+        accepted = conf[key]
+        if accepted is None:
+            continue
+        unsafe = [c for c in accepted if str(c).lower() not in _JSON_NAMES]
+        if unsafe:
+            raise ConfigurationError(
+                f"Celery setting {key} accepts {unsafe!r}: flask-jobtastic accepts JSON only; "
+                f"set {key}=['json']"
+            )
+
+
+def _broker_errors(celery: Celery) -> tuple[type[BaseException], ...]:
+    """The transport's connection and channel errors plus kombu's OperationalError."""
+    connection = celery.connection_for_write()
+    try:
+        errors = tuple(connection.connection_errors) + tuple(connection.channel_errors)
+    finally:
+        connection.release()
+    return (OperationalError, *errors)
+
+
+def _is_in_memory(celery: Celery) -> bool:
+    return str(celery.conf.broker_url or "").startswith("memory://")
+
+
+class Jobtastic:
+    """Flask extension for user-facing Celery jobs.
+
+    ``celery``: an existing Celery app to use instead of one built from
+    ``app.config["CELERY"]``. ``cache``: a flask-caching ``Cache`` for result
+    caching and herd avoidance instead of one built from ``JOBTASTIC_CACHE``.
+    """
+
+    def __init__(
+        self, app: Flask | None = None, *, celery: Celery | None = None, cache: Cache | None = None
+    ) -> None:
+        self._celery = celery
+        self._cache = cache
+        #: Celery apps this extension built, for ``.celery`` outside a request.
+        self._built: list[Celery] = []
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Read, check and wire everything for ``app``; errors say what to fix."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "A 'Jobtastic' instance has already been registered on this Flask app. "
+                "Import and use that instance instead."
+            )
+        for key, value in _setting_defaults().items():
+            app.config.setdefault(key, value)
+        config = app.config
+
+        interval = _number(config, "JOBTASTIC_PROGRESS_INTERVAL", minimum=0)
+        smoothing = _number(config, "JOBTASTIC_PROGRESS_SMOOTHING", minimum=0, allow_equal=False)
+        if smoothing > 1:
+            raise ConfigurationError(
+                f"JOBTASTIC_PROGRESS_SMOOTHING must be in (0, 1], got {smoothing!r}"
+            )
+        batch_limit = config["JOBTASTIC_BATCH_LIMIT"]
+        if isinstance(batch_limit, bool) or not isinstance(batch_limit, int) or batch_limit < 1:
+            raise ConfigurationError(
+                f"JOBTASTIC_BATCH_LIMIT must be a positive int, got {batch_limit!r}"
+            )
+        prefix = config["JOBTASTIC_URL_PREFIX"]
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise ConfigurationError(
+                f"JOBTASTIC_URL_PREFIX must be a path starting with '/', got {prefix!r}"
+            )
+        policy = config["JOBTASTIC_PUBLISH_RETRY_POLICY"]
+        if not isinstance(policy, dict):
+            raise ConfigurationError(
+                "JOBTASTIC_PUBLISH_RETRY_POLICY must be a dict like "
+                "{'max_retries': 1, 'interval_start': 0, 'interval_step': 0.1, 'interval_max': 0.1}"
+            )
+        heartbeat = _number(config, "JOBTASTIC_EVENTS_HEARTBEAT", minimum=0, allow_equal=False)
+        events_poll = _number(
+            config, "JOBTASTIC_EVENTS_POLL_INTERVAL", minimum=0, allow_equal=False
+        )
+        events_max = _number(config, "JOBTASTIC_EVENTS_MAX_SECONDS", minimum=0, allow_equal=False)
+
+        celery = self._celery if self._celery is not None else build_celery(app)
+        check_celery(celery)
+
+        cache = self._cache
+        if cache is None:
+            cache_config = config["JOBTASTIC_CACHE"]
+            if not isinstance(cache_config, dict) or "CACHE_TYPE" not in cache_config:
+                raise ConfigurationError(
+                    "JOBTASTIC_CACHE must be a dict of flask-caching settings with a CACHE_TYPE, "
+                    "e.g. {'CACHE_TYPE': 'flask_jobtastic.cache.PyMemcacheCache', "
+                    "'CACHE_MEMCACHED_SERVERS': ['127.0.0.1:11211']}"
+                )
+            cache = Cache()
+            try:
+                with warnings.catch_warnings():
+                    # NullCache is refused below with a clearer message than this warning.
+                    warnings.filterwarnings("ignore", message=".*caching is effectively disabled")
+                    cache.init_app(app, config=dict(cache_config))
+            except Exception as exc:
+                raise ConfigurationError(f"JOBTASTIC_CACHE could not be used: {exc}") from exc
+        elif cache not in app.extensions.get("cache", {}):
+            cache.init_app(app)
+        backend = app.extensions["cache"][cache]
+        atomicity = describe_add_atomicity(backend)
+        if atomicity == "not-atomic":
+            raise ConfigurationError(
+                f"The cache {type(backend).__name__} cannot add a key atomically across "
+                "processes, which herd avoidance needs: use "
+                "'flask_jobtastic.cache.PyMemcacheCache' (memcached) or 'RedisCache'"
+            )
+        if atomicity == "process-local" and not _is_in_memory(celery):
+            logger.warning(
+                "flask-jobtastic uses an in-process cache (%s) while the broker is %s: "
+                "result caching and herd avoidance only work within one process. Set "
+                "JOBTASTIC_CACHE to memcached or Redis for production.",
+                type(backend).__name__,
+                celery.conf.broker_url,
+            )
+
+        state = JobtasticState(
+            app=app,
+            celery=celery,
+            cache=cache,
+            cache_backend=backend,
+            broker_errors=_broker_errors(celery),
+            publish_retry_policy=dict(policy),
+            progress_interval=interval,
+            progress_smoothing=smoothing,
+            expose_errors=bool(config["JOBTASTIC_EXPOSE_ERRORS"]),
+            batch_limit=batch_limit,
+            url_prefix=prefix.rstrip("/") or "/",
+            events_heartbeat=heartbeat,
+            events_poll_interval=events_poll,
+            events_max_seconds=events_max,
+        )
+        app.extensions[EXTENSION_KEY] = state
+        if self._celery is None:
+            self._built.append(celery)
+        celery._flask_jobtastic_state = state  # type: ignore[attr-defined]
+        register_celery_app(celery)
+
+        from .views import create_blueprint
+
+        app.register_blueprint(create_blueprint(), url_prefix=state.url_prefix)
+
+    @staticmethod
+    def _state() -> JobtasticState:
+        if not has_app_context():
+            raise RuntimeError(
+                "Working outside of the application context: use 'with app.app_context():' or "
+                "app.extensions['jobtastic']"
+            )
+        try:
+            return current_app.extensions[EXTENSION_KEY]
+        except KeyError:
+            raise RuntimeError(
+                "The current Flask app is not registered with this 'Jobtastic' instance. "
+                "Did you forget to call 'init_app'?"
+            ) from None
+
+    @property
+    def celery(self) -> Celery:
+        """The Celery app: the one passed in, else the current Flask app's.
+
+        Outside an app context it answers too when the extension serves one
+        app, so a worker module can say ``celery = jobtastic.celery``.
+        """
+        if self._celery is not None:
+            return self._celery
+        if not has_app_context() and len(self._built) == 1:
+            return self._built[0]
+        return self._state().celery
+
+    @property
+    def cache(self) -> Cache:
+        """The flask-caching ``Cache`` used for results and herd keys."""
+        if self._cache is not None:
+            return self._cache
+        return self._state().cache

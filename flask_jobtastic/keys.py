@@ -1,0 +1,144 @@
+"""Cache keys built from a task's significant arguments (pure, no I/O).
+
+A key must be identical for calls that should share a result and different
+for every other call, and it must be a valid memcached key: ASCII, no
+whitespace, at most 250 bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+#: memcached's own key length limit.
+MAX_KEY_LENGTH = 250
+
+#: Room kept for the suffixes (":result", ":herd") and a backend key prefix.
+_PREFIX_BUDGET = 120
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]")
+
+Converter = Callable[[Any], str]
+SignificantKwargs = Sequence[str | tuple[str, Converter]]
+
+
+def canonical_json(value: Any) -> str:
+    """Default converter: a stable text form of any JSON-like value.
+
+    Dict order does not matter, tuples equal lists. A value JSON cannot
+    express raises ``TypeError`` naming its type, so the caller can say which
+    argument is at fault.
+    """
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_fail
+    )
+
+
+def _fail(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    if isinstance(value, bytes):
+        return {"__bytes__": value.hex()}
+    raise TypeError(f"a value of type {type(value).__name__} has no JSON form")
+
+
+def normalize_significant(spec: SignificantKwargs) -> list[tuple[str, Converter]]:
+    """Accept ``[("name", str), "other"]`` and return ``(name, converter)`` pairs."""
+    pairs: list[tuple[str, Converter]] = []
+    for item in spec:
+        if isinstance(item, str):
+            pairs.append((item, canonical_json))
+        elif (
+            isinstance(item, tuple | list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and callable(item[1])
+        ):
+            pairs.append((item[0], item[1]))
+        else:
+            raise TypeError(
+                f"significant_kwargs entries must be a name or a (name, to_str) pair, got {item!r}"
+            )
+    return pairs
+
+
+def safe_prefix(prefix: str) -> str:
+    """Make a cache prefix ASCII, space-free and short, keeping it readable."""
+    cleaned = _UNSAFE.sub("_", prefix)
+    if cleaned == prefix and len(cleaned) <= _PREFIX_BUDGET:
+        return cleaned
+    digest = hashlib.sha256(prefix.encode("utf-8")).hexdigest()[:16]
+    return f"{cleaned[: _PREFIX_BUDGET - 17]}-{digest}"
+
+
+def bind_arguments(
+    name: str, signature: inspect.Signature, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Map positional and keyword arguments to parameter names, defaults applied.
+
+    Extra keywords caught by ``**kwargs`` are flattened in, so a significant
+    argument may arrive either way. A call that does not fit the signature is
+    a ``TypeError`` naming the task and its parameters.
+    """
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{name}{signature}: {exc}") from None
+    bound.apply_defaults()
+    named: dict[str, Any] = {}
+    for arg_name, value in bound.arguments.items():
+        kind = signature.parameters[arg_name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            named[arg_name] = value
+    return named
+
+
+def significant_values(
+    task_name: str, spec: Iterable[tuple[str, Converter]], arguments: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    """Convert each significant argument to text, with errors that say what to fix."""
+    values: list[tuple[str, str]] = []
+    for name, convert in spec:
+        if name not in arguments:
+            raise TypeError(
+                f"{task_name} was called without its significant argument {name!r}; "
+                f"pass {name}=... (significant_kwargs lists it)"
+            )
+        try:
+            text = convert(arguments[name])
+        except Exception as exc:
+            raise TypeError(
+                f"{task_name}: significant argument {name!r} could not be turned into a "
+                f"cache key: {exc}"
+            ) from exc
+        if not isinstance(text, str):
+            text = str(text)
+        values.append((name, text))
+    return values
+
+
+def build_cache_key(prefix: str, values: Sequence[tuple[str, str]]) -> str:
+    """``jobtastic:<prefix>:<sha256>`` over an unambiguous encoding of the values.
+
+    JSON-encoding the (name, text) pairs keeps ``a="ab", b="c"`` apart from
+    ``a="a", b="bc"``, which plain concatenation would merge.
+    """
+    material = json.dumps([list(pair) for pair in values], ensure_ascii=False)
+    digest = hashlib.sha256(material.encode("utf-8")).hexdigest()
+    return f"jobtastic:{safe_prefix(prefix)}:{digest}"
+
+
+def result_key(cache_key: str) -> str:
+    """Where the id of the cached successful run is kept."""
+    return f"{cache_key}:result"
+
+
+def herd_key(cache_key: str) -> str:
+    """Where the id of the run in flight is kept."""
+    return f"{cache_key}:herd"

@@ -1,0 +1,566 @@
+"""``JobtasticTask``: the base class users subclass for user-facing jobs.
+
+A subclass sets a few class attributes and writes ``calculate_result``;
+calling it on the class (``MyTask.delay_or_fail(...)``) goes through result
+caching, thundering-herd avoidance and broker fallbacks before anything
+reaches the broker. On the worker, the job runs inside the Flask app
+context, reports throttled progress and checks its memory growth.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Callable
+from time import monotonic
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import psutil
+from celery import Task
+from celery.app.autoretry import add_autoretry_behaviour
+from celery.result import AsyncResult, EagerResult
+from celery.signals import task_revoked
+from flask import current_app, has_app_context
+from kombu.utils.json import dumps as json_dumps
+
+from . import cache as cache_ops
+from . import keys, results, signals, states
+from .errors import BrokerUnavailable, ResultNotSerializable
+from .progress import ProgressMeter
+from .status import error_id_for
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from .extension import JobtasticState
+
+logger = logging.getLogger("flask_jobtastic")
+
+#: Every concrete subclass, in definition order; bound to each Celery app
+#: the extension creates.
+_task_classes: list[type[JobtasticTask]] = []
+#: Celery apps owned by live extensions, so late subclasses bind to them too.
+_celery_apps: weakref.WeakSet[Celery] = weakref.WeakSet()
+
+_MB = 1_000_000  # SI megabytes, as memleak_threshold is documented
+
+
+class _ClassOrInstanceMethod:
+    """A method callable on the class as well as on an instance.
+
+    ``MyTask.delay(...)`` resolves to the instance registered with the
+    current Celery app; Celery's own code keeps calling it on instances.
+    """
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def __get__(self, instance: Any, owner: type[JobtasticTask]) -> Callable[..., Any]:
+        target = instance if instance is not None else owner._registered_instance()
+        return self.func.__get__(target, type(target))
+
+
+def bind_task_class(cls: type[JobtasticTask], celery_app: Celery) -> JobtasticTask:
+    """Register ``cls`` with ``celery_app`` (once) and return its instance.
+
+    Done by hand rather than with ``Celery.register_task`` so that a test
+    suite creating many apps does not trip its duplicate-name warning.
+    """
+    existing = celery_app.tasks.get(cls.name)
+    if type(existing) is cls:
+        return existing
+    task = cls()
+    add_autoretry_behaviour(task)
+    celery_app.tasks[cls.name] = task
+    task._app = celery_app
+    cls.bind(celery_app)
+    return task
+
+
+def register_celery_app(celery_app: Celery) -> None:
+    """Bind every known task class to a new extension's Celery app."""
+    _celery_apps.add(celery_app)
+    for cls in _task_classes:
+        bind_task_class(cls, celery_app)
+
+
+class JobtasticTask(Task):
+    """Base class of user-facing jobs. Subclass it and write ``calculate_result``.
+
+    Class attributes:
+
+    * ``significant_kwargs``: the arguments that decide whether two calls
+      are the same job, as names or ``(name, to_str)`` pairs.
+    * ``herd_avoidance_timeout`` (required): seconds an identical call waits
+      on a job in flight before starting its own; also how soon a crashed
+      worker's claim expires.
+    * ``cache_duration``: -1 no result caching (default), 0 forever, N seconds.
+    * ``cache_prefix``: namespace of the keys; defaults to ``module.ClassName``.
+    * ``memleak_threshold``: MB of RSS growth per run that triggers
+      ``warn_of_memory_leak``; -1 (default) off, 0 any growth.
+    """
+
+    abstract: ClassVar[bool] = True
+    significant_kwargs: ClassVar[list[Any]] = []
+    herd_avoidance_timeout: ClassVar[int | None] = None
+    cache_duration: ClassVar[int] = -1
+    cache_prefix: ClassVar[str | None] = None
+    memleak_threshold: ClassVar[float] = -1
+    #: Eager runs (``delay_or_eager`` with the broker down) store their result,
+    #: so the status endpoint and the result cache see them like any other.
+    store_eager_result = True
+    serializer = "json"
+
+    _significant: ClassVar[list[tuple[str, keys.Converter]]] = []
+    _signature: ClassVar[inspect.Signature | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("abstract", False):
+            return
+        cls.abstract = False
+        cls._validate_class()
+        if "name" not in cls.__dict__ or cls.__dict__["name"] is None:
+            cls.name = f"{cls.__module__}.{cls.__name__}"
+        if not cls.__dict__.get("cache_prefix"):
+            cls.cache_prefix = f"{cls.__module__}.{cls.__name__}"
+        _task_classes[:] = [c for c in _task_classes if c.name != cls.name]
+        _task_classes.append(cls)
+        for celery_app in list(_celery_apps):
+            bind_task_class(cls, celery_app)
+
+    @classmethod
+    def _validate_class(cls) -> None:
+        """Fail at class definition, naming the attribute to fix."""
+        name = cls.__qualname__
+        if cls.calculate_result is JobtasticTask.calculate_result:
+            raise TypeError(f"{name} must define calculate_result(self, ...)")
+        timeout = cls.herd_avoidance_timeout
+        if timeout is None:
+            raise TypeError(
+                f"{name} must set herd_avoidance_timeout: the most seconds an identical call "
+                "should wait for a run in flight (e.g. herd_avoidance_timeout = 60)"
+            )
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
+            raise TypeError(
+                f"{name}.herd_avoidance_timeout must be a positive int, got {timeout!r}"
+            )
+        duration = cls.cache_duration
+        if isinstance(duration, bool) or not isinstance(duration, int) or duration < -1:
+            raise TypeError(
+                f"{name}.cache_duration must be -1 (no caching), 0 (forever) or seconds, "
+                f"got {duration!r}"
+            )
+        threshold = cls.memleak_threshold
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or (threshold < 0 and threshold != -1)
+        ):
+            raise TypeError(
+                f"{name}.memleak_threshold must be -1 (off), 0 (any growth) or MB, "
+                f"got {threshold!r}"
+            )
+        cls._significant = keys.normalize_significant(cls.significant_kwargs)
+        signature = inspect.signature(cls.calculate_result)
+        parameters = list(signature.parameters.values())[1:]  # drop self
+        cls._signature = signature.replace(parameters=parameters)
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+        known = {p.name for p in parameters}
+        for arg_name, _ in cls._significant:
+            if not takes_any and arg_name not in known:
+                raise TypeError(
+                    f"{name}.significant_kwargs names {arg_name!r}, which "
+                    f"calculate_result{cls._signature} does not take"
+                )
+
+    @classmethod
+    def _registered_instance(cls) -> JobtasticTask:
+        """The instance bound to the current app's Celery (Flask app first)."""
+        celery_app = None
+        if has_app_context():
+            state = current_app.extensions.get("jobtastic")
+            if state is not None:
+                celery_app = state.celery
+        if celery_app is None:
+            celery_app = cls._app
+        if celery_app is None:
+            raise RuntimeError(
+                f"{cls.__qualname__} is not bound to a Celery app yet: create the extension "
+                "with Jobtastic(app) or jobtastic.init_app(app) first"
+            )
+        return bind_task_class(cls, celery_app)
+
+    # -- the user's side -------------------------------------------------
+
+    def calculate_result(self, *args: Any, **kwargs: Any) -> Any:
+        """Do the work and return a JSON-serializable result. Override this."""
+        raise NotImplementedError(f"{type(self).__qualname__} must define calculate_result")
+
+    def update_progress(self, completed: float, total: float, update_frequency: int = 1) -> None:
+        """Report that ``completed`` of ``total`` items are done.
+
+        Cheap enough to call for every item: the result backend is written
+        only when ``update_frequency`` items and ``JOBTASTIC_PROGRESS_INTERVAL``
+        seconds have passed since the last write, and when ``total`` is reached.
+        """
+        meter = getattr(self._local, "meter", None)
+        if meter is None:
+            return
+        if completed < total and completed - meter.last_completed < update_frequency:
+            return
+        now = monotonic()
+        if not meter.due(completed, total, update_frequency, now):
+            return
+        self._write_progress(meter.record(completed, total, now))
+
+    def warn_of_memory_leak(
+        self,
+        growth_mb: float,
+        start_mb: float,
+        end_mb: float,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Called when one run grew RSS past ``memleak_threshold``. Override to alert."""
+        logger.warning(
+            "Memory leak? %s grew its RSS by %.2f MB in one run (%.2f MB -> %.2f MB, "
+            "threshold %s MB); args=%r kwargs=%r",
+            self.name,
+            growth_mb,
+            start_mb,
+            end_mb,
+            self.memleak_threshold,
+            args,
+            kwargs,
+        )
+
+    # -- sending -----------------------------------------------------------
+
+    @property
+    def _local(self) -> threading.local:
+        """Per-thread run state: one task instance serves every pool thread."""
+        try:
+            return self.__dict__["_run_local"]
+        except KeyError:
+            local = self.__dict__.setdefault("_run_local", threading.local())
+            return local
+
+    def _state(self) -> JobtasticState:
+        state = getattr(self.app, "_flask_jobtastic_state", None)
+        if state is None:
+            raise RuntimeError(
+                f"{self.name} runs on a Celery app that flask-jobtastic did not set up: "
+                "create it with Jobtastic(app) and use jobtastic.celery"
+            )
+        return state
+
+    def cache_key_for(
+        self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> str:
+        """The key shared by every call with the same significant arguments."""
+        assert self._signature is not None
+        arguments = keys.bind_arguments(self.name, self._signature, args, kwargs or {})
+        values = keys.significant_values(self.name, self._significant, arguments)
+        return keys.build_cache_key(self.cache_prefix or self.name, values)
+
+    def _dispatch(
+        self,
+        args: tuple[Any, ...] | list[Any] | None,
+        kwargs: dict[str, Any] | None,
+        options: dict[str, Any],
+        on_broker_error: str,
+    ) -> AsyncResult:
+        """Cache hit, herd join, or a new message; then the broker fallback."""
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        state = self._state()
+        herd_avoidance = options.pop("herd_avoidance", True)
+        cache_key = self.cache_key_for(args, kwargs)
+        cache = state.cache_backend
+        if self.cache_duration >= 0:
+            cached_id = cache_ops.cache_get(cache, keys.result_key(cache_key))
+            if cached_id:
+                signals.cache_hit.send(self, task_id=cached_id)
+                return self.AsyncResult(cached_id)
+        task_id = options.pop("task_id", None) or str(uuid.uuid4())
+        herd_key = keys.herd_key(cache_key)
+        if herd_avoidance:
+            winner, won = cache_ops.claim_herd_key(
+                cache, herd_key, task_id, int(self.herd_avoidance_timeout or 0)
+            )
+            if not won and self._has_finished(winner):
+                # revoked or lost before it could release its key: claim afresh
+                cache_ops.cache_delete_if_equal(cache, herd_key, winner)
+                winner, won = cache_ops.claim_herd_key(
+                    cache, herd_key, task_id, int(self.herd_avoidance_timeout or 0)
+                )
+            if not won:
+                signals.herd_joined.send(self, task_id=winner)
+                return self.AsyncResult(winner)
+        try:
+            results.record_queued(self.backend, task_id, {})
+        except Exception:  # the job can still run; its status will show the outage
+            logger.warning(
+                "Could not record job %s as queued in the result backend", task_id, exc_info=True
+            )
+        options.setdefault("retry_policy", state.publish_retry_policy)
+        try:
+            result = Task.apply_async(self, args, kwargs, task_id=task_id, **options)
+        except state.broker_errors as exc:
+            if herd_avoidance:
+                cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
+            logger.error(
+                "Broker unavailable, %s not queued (%s): %s", self.name, on_broker_error, exc
+            )
+            signals.broker_unavailable.send(self, task_id=task_id, error=exc)
+            if on_broker_error == "eager":
+                return self.apply(args, kwargs, task_id=task_id)
+            if on_broker_error == "fail":
+                return self._failed_to_queue(task_id)
+            raise
+        except Exception:
+            if herd_avoidance:
+                cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
+            raise
+        signals.job_sent.send(self, task_id=task_id)
+        return result
+
+    def _has_finished(self, task_id: str) -> bool:
+        """Whether a herd winner is already over (only asked on the join path)."""
+        try:
+            meta = self.backend.get_task_meta(task_id)
+        except Exception:
+            return False
+        return meta.get("status") in states.READY_STATES
+
+    def _failed_to_queue(self, task_id: str) -> AsyncResult:
+        """A result in FAILURE whose status says the job could not be queued."""
+        error = BrokerUnavailable()
+        try:
+            self.backend.mark_as_failure(task_id, error)
+        except Exception:
+            logger.warning(
+                "Result backend unavailable too; job %s failure kept in memory",
+                task_id,
+                exc_info=True,
+            )
+            return EagerResult(task_id, error, states.FAILURE, name=self.name)
+        return self.AsyncResult(task_id)
+
+    @_ClassOrInstanceMethod
+    def apply_async(  # type: ignore[override]
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Send the job, unless a cached result or an identical run in flight exists.
+
+        ``herd_avoidance=False`` skips joining a run in flight for this call.
+        A broker error is raised; see ``async_or_fail`` / ``async_or_eager``.
+        """
+        if "retries" in options:  # self.retry(): the same job, sent again as is
+            return Task.apply_async(self, args, kwargs, **options)
+        return self._dispatch(args, kwargs, options, "raise")
+
+    @_ClassOrInstanceMethod
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """``apply_async`` with the call's own arguments."""
+        return self._dispatch(args, kwargs, {}, "raise")
+
+    @_ClassOrInstanceMethod
+    def delay_or_eager(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Like ``delay``; with the broker down, run the job in this process."""
+        return self._dispatch(args, kwargs, {}, "eager")
+
+    @_ClassOrInstanceMethod
+    def delay_or_fail(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Like ``delay``; with the broker down, return a result in FAILURE."""
+        return self._dispatch(args, kwargs, {}, "fail")
+
+    @_ClassOrInstanceMethod
+    def async_or_eager(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """``apply_async`` that runs the job in this process when the broker is down."""
+        return self._dispatch(args, kwargs, options, "eager")
+
+    @_ClassOrInstanceMethod
+    def async_or_fail(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """``apply_async`` that returns a FAILURE result when the broker is down."""
+        return self._dispatch(args, kwargs, options, "fail")
+
+    @_ClassOrInstanceMethod
+    def apply(  # type: ignore[override]
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> EagerResult:
+        """Run the job in this process now (Celery's ``apply``), result stored."""
+        return Task.apply(self, args, kwargs, **options)
+
+    @_ClassOrInstanceMethod
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802 (Celery's name)
+        """The result handle of a job id, on this app's result backend."""
+        return Task.AsyncResult(self, task_id, **kwargs)
+
+    # -- running -----------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run inside the Flask app context, as every Flask extension expects."""
+        state = getattr(self.app, "_flask_jobtastic_state", None)
+        if state is None or (has_app_context() and current_app._get_current_object() is state.app):
+            return super().__call__(*args, **kwargs)
+        with state.app.app_context():
+            return super().__call__(*args, **kwargs)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's entry point: progress set-up, memory check, result check."""
+        task_id = self.request.id
+        state = getattr(self.app, "_flask_jobtastic_state", None)
+        local = self._local
+        interval = state.progress_interval if state else 0.5
+        smoothing = state.progress_smoothing if state else 0.3
+        meter = ProgressMeter(started_at=monotonic(), interval=interval, smoothing=smoothing)
+        local.meter = meter if task_id else None
+        local.task_id = task_id
+        local.herd_key = None
+        local.herd_renewed_at = monotonic()
+        if task_id and self.herd_avoidance_timeout:
+            try:
+                local.herd_key = keys.herd_key(self.cache_key_for(tuple(args), dict(kwargs)))
+            except TypeError:
+                local.herd_key = None
+        try:
+            if task_id:
+                self._write_progress(meter.record(0, 1, monotonic()))
+            start = _rss() if self.memleak_threshold >= 0 else 0
+            result = self.calculate_result(*args, **kwargs)
+            if self.memleak_threshold >= 0:
+                end = _rss()
+                growth = (end - start) / _MB
+                if growth > self.memleak_threshold:
+                    self.warn_of_memory_leak(growth, start / _MB, end / _MB, tuple(args), kwargs)
+            try:
+                json_dumps(result)
+            except (TypeError, ValueError) as exc:
+                raise ResultNotSerializable(
+                    f"{self.name}.calculate_result returned a value that cannot be stored as "
+                    f"JSON ({exc}); return dicts, lists, strings, numbers, booleans or None"
+                ) from None
+            if task_id:
+                closing = meter.finished(monotonic())
+                if closing is not None:
+                    self._write_progress(closing)
+            return result
+        finally:
+            local.meter = None
+
+    def _write_progress(self, meta: dict[str, Any]) -> None:
+        """Write PROGRESS meta; a result-backend blip must not kill the job."""
+        local = self._local
+        task_id = getattr(local, "task_id", None)
+        if not task_id:
+            return
+        try:
+            self.update_state(task_id=task_id, state=states.PROGRESS, meta=meta)
+        except Exception:
+            logger.warning("Could not write progress of job %s", task_id, exc_info=True)
+        self._renew_herd_claim(local)
+
+    def _renew_herd_claim(self, local: threading.local) -> None:
+        """Keep the herd key alive while the job makes progress."""
+        herd = getattr(local, "herd_key", None)
+        timeout = int(self.herd_avoidance_timeout or 0)
+        if not herd or timeout <= 0:
+            return
+        now = monotonic()
+        if now - local.herd_renewed_at < timeout / 3:
+            return
+        local.herd_renewed_at = now
+        state = getattr(self.app, "_flask_jobtastic_state", None)
+        if state is not None:
+            cache_ops.refresh_herd_key(state.cache_backend, herd, local.task_id, timeout)
+
+    # -- Celery's hooks --------------------------------------------------------
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        """Cache the id of a successful run for ``cache_duration``."""
+        if self.cache_duration < 0:
+            return
+        state = getattr(self.app, "_flask_jobtastic_state", None)
+        if state is None:
+            return
+        try:
+            key = keys.result_key(self.cache_key_for(tuple(args or ()), dict(kwargs or {})))
+        except TypeError:
+            return
+        cache_ops.cache_set(state.cache_backend, key, task_id, self.cache_duration)
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Log the traceback with the error id the user sees."""
+        logger.error(
+            "Job %s (%s) failed, error id %s: %s: %s\n%s",
+            task_id,
+            self.name,
+            error_id_for(task_id),
+            type(exc).__name__,
+            exc,
+            getattr(einfo, "traceback", ""),
+        )
+
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Release the herd key once the job is over, whatever the outcome."""
+        if status in states.READY_STATES:
+            release_herd_key(self, task_id, args, kwargs)
+
+
+def release_herd_key(task: JobtasticTask, task_id: str, args: Any, kwargs: Any) -> None:
+    """Delete the herd key of this run, if it still holds this run's id."""
+    state = getattr(task.app, "_flask_jobtastic_state", None)
+    if state is None:
+        return
+    try:
+        key = keys.herd_key(task.cache_key_for(tuple(args or ()), dict(kwargs or {})))
+    except TypeError:
+        return
+    cache_ops.cache_delete_if_equal(state.cache_backend, key, task_id)
+
+
+@task_revoked.connect
+def _release_on_revoke(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """A job revoked before or while running gives up its herd key."""
+    if isinstance(sender, JobtasticTask) and request is not None:
+        release_herd_key(sender, request.id, request.args, request.kwargs)
+
+
+_process: psutil.Process | None = None
+_process_pid = 0
+
+
+def _rss() -> int:
+    """Resident memory of this process in bytes (the Process handle per pid)."""
+    global _process, _process_pid
+    if _process is None or _process_pid != os.getpid():
+        _process, _process_pid = psutil.Process(), os.getpid()
+    return _process.memory_info().rss

@@ -1,0 +1,295 @@
+"""Throwaway redis and memcached servers on free loopback ports.
+
+Tests (and benchmarks) need real servers they can crash and bring back on the
+same port, so fault handling is exercised against the real thing, not mocks.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, ClassVar
+
+#: How long ``start`` waits for the server to accept connections.
+START_TIMEOUT = 10.0
+
+#: How long ``stop``/``kill`` wait for the process and its port to go away.
+STOP_TIMEOUT = 5.0
+
+_live: set[ServerProcess] = set()
+_live_lock = threading.Lock()
+_apt_updated = False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Ask the kernel for a port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_binary(binary: str, apt_package: str) -> str:
+    """Return the path of ``binary``, installing ``apt_package`` when we can.
+
+    Installing only happens as root with apt-get present, so a developer
+    machine is never modified behind the user's back; otherwise the error says
+    exactly what to install.
+    """
+    global _apt_updated
+    found = shutil.which(binary) or _in_sbin(binary)
+    if found:
+        return found
+    apt_get = shutil.which("apt-get")
+    if os.geteuid() != 0 or apt_get is None:
+        raise RuntimeError(
+            f"{binary} is not installed; the tests need a real {binary}. "
+            f"Install it with: sudo apt-get install {apt_package}"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if not _apt_updated:
+        subprocess.run([apt_get, "update"], check=True, env=env, capture_output=True)
+        _apt_updated = True
+    result = subprocess.run(
+        [apt_get, "install", "-y", apt_package], env=env, capture_output=True, text=True
+    )
+    found = shutil.which(binary) or _in_sbin(binary)
+    if result.returncode != 0 or not found:
+        raise RuntimeError(
+            f"could not install {apt_package} for {binary} "
+            f"(apt-get exit {result.returncode}): {result.stderr.strip()[-2000:]}"
+        )
+    return found
+
+
+def _in_sbin(binary: str) -> str | None:
+    """Debian puts some daemons outside a non-root PATH."""
+    for folder in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
+        candidate = Path(folder) / binary
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def _port_accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    """True when a new listener could bind the port (what a restart needs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+class ServerProcess:
+    """A server subprocess bound to one loopback port for its whole life.
+
+    The port stays fixed across ``kill``/``restart`` so clients configured
+    with it can be tested for recovery without being rebuilt.
+    """
+
+    binary: ClassVar[str]
+    apt_package: ClassVar[str]
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self._workdir: Path | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+
+    def command(self, executable: str) -> list[str]:
+        """The argv that runs the server in the foreground on ``self.port``."""
+        raise NotImplementedError
+
+    @property
+    def workdir(self) -> Path:
+        """Scratch directory of the current run (exists only while started)."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.binary}-{self.port}-"))
+        return self._workdir
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process else None
+
+    def start(self) -> None:
+        """Start the server and return once it accepts connections."""
+        if self.running:
+            return
+        self._reap()
+        executable = ensure_binary(self.binary, self.apt_package)
+        stderr_path = self.workdir / "stderr.log"
+        self._stderr = stderr_path.open("w+b")
+        self._process = subprocess.Popen(
+            self.command(executable),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            cwd=self.workdir,
+        )
+        with _live_lock:
+            _live.add(self)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                break
+            if _port_accepts(self.host, self.port):
+                return
+            time.sleep(0.02)
+        exit_code = self._process.poll()
+        output = self._stderr_text()
+        self.kill()
+        state = f"exited with code {exit_code}" if exit_code is not None else "never listened"
+        raise RuntimeError(
+            f"{self.binary} on {self.host}:{self.port} {state} within {START_TIMEOUT:.0f} s; "
+            f"stderr: {output or '(empty)'}"
+        )
+
+    def stop(self) -> None:
+        """Shut down cleanly (SIGTERM), forcing it (SIGKILL) if it hangs."""
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Die the way a crash does; returns when the port can be reused."""
+        self._end(signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Come back on the same port, as a supervisor would restart it."""
+        self.stop()
+        self.start()
+
+    def _end(self, sig: signal.Signals) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(sig)
+            try:
+                process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=STOP_TIMEOUT)
+        self._reap()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while not _port_is_free(self.host, self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"port {self.port} is still in use after stopping {self}")
+            time.sleep(0.02)
+
+    def _reap(self) -> None:
+        if self._process is not None:
+            self._process.wait()
+            self._process = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        with _live_lock:
+            _live.discard(self)
+
+    def _stderr_text(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.flush()
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace").strip()[-4000:]
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.host}:{self.port} running={self.running}>"
+
+
+class RedisServer(ServerProcess):
+    """redis-server without persistence, so a restart starts empty."""
+
+    binary = "redis-server"
+    apt_package = "redis-server"
+
+    def command(self, executable: str) -> list[str]:
+        return [
+            executable,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+
+class MemcachedServer(ServerProcess):
+    """memcached with 64 MB of memory and UDP off."""
+
+    binary = "memcached"
+    apt_package = "memcached"
+
+    def command(self, executable: str) -> list[str]:
+        argv = [executable, "-l", self.host, "-p", str(self.port), "-U", "0", "-m", "64"]
+        if os.geteuid() == 0:
+            argv += ["-u", "root"]
+        return argv
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __enter__(self) -> MemcachedServer:
+        self.start()
+        return self
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Never leave servers behind when a session ends without teardown."""
+    with _live_lock:
+        leftovers = list(_live)
+    for server in leftovers:
+        with contextlib.suppress(Exception):
+            server.kill()

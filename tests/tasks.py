@@ -1,0 +1,144 @@
+"""Jobs used by the test suite, imported by the test process and the worker.
+
+Each records its runs in Redis (``runs:<token>``) so a test can count real
+computations across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+
+from flask_jobtastic import JobFailed, JobtasticTask
+
+_leak: list[bytes] = []
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["JOBTASTIC_TEST_COUNTER_URL"])
+
+
+def count_run(token: str) -> int:
+    return int(_redis().incr(f"runs:{token}"))
+
+
+def runs(token: str) -> int:
+    return int(_redis().get(f"runs:{token}") or 0)
+
+
+class DivisionTask(JobtasticTask):
+    """The README's example: divide numerators by denominators, with progress."""
+
+    significant_kwargs = [("numerators", str), ("denominators", str)]
+    herd_avoidance_timeout = 60
+    cache_duration = 0
+
+    def calculate_result(
+        self, numerators: list[int], denominators: list[int], token: str = "", delay: float = 0.0
+    ) -> list[float]:
+        if token:
+            count_run(token)
+        total = len(numerators)
+        out: list[float] = []
+        for count, (numerator, denominator) in enumerate(
+            zip(numerators, denominators, strict=True)
+        ):
+            out.append(numerator / denominator)
+            self.update_progress(count + 1, total)
+            if delay:
+                time.sleep(delay)
+        return out
+
+
+class CountedTask(JobtasticTask):
+    """Sleeps, counts its runs; cached for a minute."""
+
+    significant_kwargs = ["token", "value"]
+    herd_avoidance_timeout = 30
+    cache_duration = 60
+
+    def calculate_result(self, token: str, value: Any = None, seconds: float = 0.5) -> dict:
+        count_run(token)
+        time.sleep(seconds)
+        return {"value": value, "token": token}
+
+
+class PositionalTask(JobtasticTask):
+    significant_kwargs = ["a", "b"]
+    herd_avoidance_timeout = 30
+    cache_duration = 60
+
+    def calculate_result(self, a: str, b: str, token: str = "") -> str:
+        count_run(token)
+        return a + b
+
+
+class FailingTask(JobtasticTask):
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+    cache_duration = 60
+
+    def calculate_result(self, token: str, user_facing: bool = False) -> None:
+        count_run(token)
+        time.sleep(0.2)
+        if user_facing:
+            raise JobFailed("The CSV header is missing 'email'")
+        raise ValueError("secret internal detail /etc/passwd")
+
+
+class RetryingTask(JobtasticTask):
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+
+    def calculate_result(self, token: str) -> int:
+        attempt = count_run(token)
+        if attempt < 2:
+            raise self.retry(countdown=0.1, max_retries=3)
+        return attempt
+
+
+class SlowProgressTask(JobtasticTask):
+    """Reports progress over ``seconds``; used for PROGRESS, revoke and throttle tests."""
+
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+
+    def calculate_result(self, token: str, seconds: float = 2.0, steps: int = 20) -> str:
+        count_run(token)
+        for i in range(steps):
+            time.sleep(seconds / steps)
+            self.update_progress(i + 1, steps)
+        return token
+
+
+class UnserializableTask(JobtasticTask):
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+
+    def calculate_result(self, token: str) -> Any:
+        return {"when": object()}
+
+
+class LeakyTask(JobtasticTask):
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+    memleak_threshold = 10
+
+    def calculate_result(self, token: str, megabytes: int = 0) -> int:
+        if megabytes:
+            chunk = bytearray(os.urandom(1024)) * (megabytes * 1000)
+            _leak.append(bytes(chunk))
+        return megabytes
+
+
+class MillionProgressTask(JobtasticTask):
+    herd_avoidance_timeout = 60
+
+    def calculate_result(self, n: int) -> float:
+        started = time.monotonic()
+        for i in range(n):
+            self.update_progress(i + 1, n)
+        return time.monotonic() - started
