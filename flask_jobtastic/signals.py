@@ -21,3 +21,7 @@ herd_joined = _signals.signal("herd-joined")
 
 #: The broker refused a job. Arguments: ``task_id``, ``error``.
 broker_unavailable = _signals.signal("broker-unavailable")
+
+#: A tracked job's registry record changed state. Sender: the registry.
+#: Arguments: ``record`` (the new ``JobRecord``), ``previous_state`` (or None when new).
+task_changed = _signals.signal("task-changed")
