@@ -55,7 +55,7 @@ WARN_INTERVAL = 10.0
 _COUNTER_ATTEMPTS = 32
 
 #: Upper bound on immediate retries over stale pooled connections.
-_MAX_BROKEN_RETRIES = 64
+_MAX_RETRIES = 64
 
 _VALID_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}").fullmatch
 
@@ -66,18 +66,11 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 class _Failed:
     """Marker for "the command could not run", distinct from every cache answer."""
 
-    _instance: _Failed | None = None
-
-    def __new__(cls) -> _Failed:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
     def __repr__(self) -> str:
         return "FAILED"
 
 
-FAILED = _Failed()
+_FAILED = _Failed()
 
 
 class _Throttle:
@@ -144,6 +137,11 @@ def _classify(exc: Exception) -> str:
     if isinstance(exc, MemcacheClientError | MemcacheServerError):
         return "rejected"
     return "down"
+
+
+def _idle_count(client: Any) -> int:
+    pool = getattr(client, "client_pool", None)
+    return len(pool.free) if pool is not None else 0
 
 
 class _ServerHealth:
@@ -231,14 +229,14 @@ class _FailSoftHashClient(HashClient):
         _live_clients.add(self)
 
     def run(self, command: str, key: str, *args: Any, **kwargs: Any) -> Any:
-        """Run one keyed command; ``FAILED`` instead of an exception when it could not run."""
-        return self._run_cmd(command, key, FAILED, *args, **kwargs)
+        """Run one keyed command; ``_FAILED`` instead of an exception when it could not run."""
+        return self._run_cmd(command, key, _FAILED, *args, **kwargs)
 
     def flush_every_server(self) -> bool:
         """Flush all servers; True only if every one of them confirmed."""
         flushed = True
         for client in list(self.clients.values()):
-            if self._safely_run_func(client, client.flush_all, FAILED, noreply=False) is FAILED:
+            if self._safely_run_func(client, client.flush_all, _FAILED, noreply=False) is _FAILED:
                 flushed = False
         return flushed
 
@@ -261,9 +259,7 @@ class _FailSoftHashClient(HashClient):
         name = _server_name(client.server)
         if not self.health.may_try(name):
             return default_val
-        pool = getattr(client, "client_pool", None)
-        idle = len(pool.free) if pool is not None else 0
-        retries = min(self.broken_retries + idle, _MAX_BROKEN_RETRIES)
+        retries: int | None = None
         while True:
             try:
                 result = func(*args, **kwargs)
@@ -275,11 +271,15 @@ class _FailSoftHashClient(HashClient):
                     self.health.mark_up(name)
                     self._note_rejection(name, func, exc)
                     return default_val
-                if kind == "broken" and retries > 0:
-                    # Most likely a pooled connection from before a server restart:
-                    # it has just been discarded, so try again on another one.
-                    retries -= 1
-                    continue
+                if kind == "broken":
+                    # Most likely a pooled connection from before a server restart. It
+                    # has been discarded; the idle ones may be stale too, so allow one
+                    # retry per idle connection on top of the configured attempts.
+                    if retries is None:
+                        retries = min(self.broken_retries + _idle_count(client), _MAX_RETRIES)
+                    if retries > 0:
+                        retries -= 1
+                        continue
                 self.health.mark_down(name, exc)
                 with contextlib.suppress(Exception):
                     client.close()  # every pooled connection points at the dead server
@@ -290,8 +290,8 @@ class _FailSoftHashClient(HashClient):
     def _safely_run_set_many(
         self, client: Any, values: dict[str, Any], *args: Any, **kwargs: Any
     ) -> list[str]:
-        failed = self._safely_run_func(client, client.set_many, FAILED, values, *args, **kwargs)
-        return list(values) if failed is FAILED else list(failed)
+        failed = self._safely_run_func(client, client.set_many, _FAILED, values, *args, **kwargs)
+        return list(values) if failed is _FAILED else list(failed)
 
     def _note_rejection(self, name: str, func: Callable[..., Any], exc: Exception) -> None:
         command = getattr(func, "__name__", "command")
@@ -492,7 +492,7 @@ class PyMemcacheCache(BaseCache):
     @_fail_soft(_none)
     def get(self, key: str) -> Any:
         value = self._client.run("get", self.memcached_key(key))
-        return None if value is FAILED else value
+        return None if value is _FAILED else value
 
     @_fail_soft(_nones)
     def get_many(self, *keys: str) -> list[Any]:
@@ -536,9 +536,8 @@ class PyMemcacheCache(BaseCache):
     @_fail_soft(_no_keys)
     def delete_many(self, *keys: str) -> list[Any]:
         """Keys now absent, whether deleted or already missing; unreachable ones are left out."""
-        return [
-            key for key in keys if self._client.run("delete", self.memcached_key(key)) is not FAILED
-        ]
+        run = self._client.run
+        return [key for key in keys if run("delete", self.memcached_key(key)) is not _FAILED]
 
     @_fail_soft(_false)
     def has(self, key: str) -> bool:
@@ -574,18 +573,18 @@ class PyMemcacheCache(BaseCache):
                     return value
                 if value is None:  # no such key yet
                     added = client.run("add", stored, delta, expire=expire)
-                    if added is FAILED:
+                    if added is _FAILED:
                         return None
                     if added:
                         return delta
                     continue
             fetched = client.run("gets", stored)
-            if fetched is FAILED:
+            if fetched is _FAILED:
                 return None
             current, token = fetched
             if current is None:
                 added = client.run("add", stored, delta, expire=expire)
-                if added is FAILED:
+                if added is _FAILED:
                     return None
                 if added:
                     return delta
@@ -593,7 +592,7 @@ class PyMemcacheCache(BaseCache):
             if not isinstance(current, int):
                 return None
             swapped = client.run("cas", stored, current + delta, token, expire=expire)
-            if swapped is FAILED:
+            if swapped is _FAILED:
                 return None
             if swapped:
                 return current + delta

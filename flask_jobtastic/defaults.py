@@ -62,6 +62,6 @@ EMBEDDED_WORKER_CONCURRENCY = 4
 #: Celery settings used when ``app.config["CELERY"]`` is missing: an in-memory
 #: broker and result store, good for a demo or tests in one process.
 CELERY_EMBEDDED: dict[str, Any] = {
-    "broker_url": "memory://",
+    "broker_url": "memory://localhost/",
     "result_backend": "cache+memory://",
 }

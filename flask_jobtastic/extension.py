@@ -19,7 +19,9 @@ from flask_caching import Cache
 from kombu.exceptions import OperationalError
 
 from . import defaults
+from .assets import jobtastic_assets
 from .cache import describe_add_atomicity
+from .embedded import EmbeddedWorker
 from .errors import ConfigurationError
 from .task import register_celery_app
 
@@ -49,6 +51,7 @@ class JobtasticState:
     events_heartbeat: float
     events_poll_interval: float
     events_max_seconds: float
+    embedded_worker: EmbeddedWorker | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -194,6 +197,14 @@ class Jobtastic:
 
         celery = self._celery if self._celery is not None else build_celery(app)
         check_celery(celery)
+        embedded = config["JOBTASTIC_EMBEDDED_WORKER"]
+        if embedded is None:
+            embedded = _is_in_memory(celery)
+        concurrency = config["JOBTASTIC_EMBEDDED_WORKER_CONCURRENCY"]
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(
+                f"JOBTASTIC_EMBEDDED_WORKER_CONCURRENCY must be a positive int, got {concurrency!r}"
+            )
 
         cache = self._cache
         if cache is None:
@@ -246,6 +257,7 @@ class Jobtastic:
             events_heartbeat=heartbeat,
             events_poll_interval=events_poll,
             events_max_seconds=events_max,
+            embedded_worker=EmbeddedWorker(celery, concurrency) if embedded else None,
         )
         app.extensions[EXTENSION_KEY] = state
         if self._celery is None:
@@ -256,6 +268,7 @@ class Jobtastic:
         from .views import create_blueprint
 
         app.register_blueprint(create_blueprint(), url_prefix=state.url_prefix)
+        app.jinja_env.globals.setdefault("jobtastic_assets", jobtastic_assets)
 
     @staticmethod
     def _state() -> JobtasticState:

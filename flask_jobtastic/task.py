@@ -281,6 +281,8 @@ class JobtasticTask(Task):
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         state = self._state()
+        if state.embedded_worker is not None:
+            state.embedded_worker.ensure_started()
         herd_avoidance = options.pop("herd_avoidance", True)
         cache_key = self.cache_key_for(args, kwargs)
         cache = state.cache_backend

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from . import results, states
+from .assets import asset_dir
+from .events import event_stream
 from .status import build_status
 
 logger = logging.getLogger("flask_jobtastic")
@@ -90,9 +92,34 @@ def batch_status() -> Any:
     return _no_store(jsonify({"tasks": documents}))
 
 
+def events(task_id: str) -> Any:
+    """``GET <prefix>/events/<task_id>``: Server-Sent Events, one per status change.
+
+    Each ``status`` event carries the full status document; the stream ends
+    after a final state. Heartbeat comments keep proxies from closing it.
+    """
+    if not results.is_valid_task_id(task_id):
+        return _error(400, "BadRequest", "Malformed task id: expected a UUID.")
+    state = _state()
+    response = Response(
+        stream_with_context(event_stream(state, task_id)),
+        mimetype="text/event-stream",
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    return response
+
+
 def create_blueprint() -> Blueprint:
     """A fresh blueprint per app, so each app may mount it at its own prefix."""
-    blueprint = Blueprint("jobtastic", __name__)
+    blueprint = Blueprint(
+        "jobtastic",
+        __name__,
+        static_folder=asset_dir("static"),
+        static_url_path="/static",
+        template_folder=asset_dir("templates"),
+    )
+    blueprint.add_url_rule("/events/<path:task_id>", "events", events, methods=["GET"])
     blueprint.add_url_rule("/status/<path:task_id>", "status", status, methods=["GET"])
     blueprint.add_url_rule("/status", "batch_status", batch_status, methods=["GET", "POST"])
     return blueprint

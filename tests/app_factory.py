@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -30,3 +31,21 @@ def create_app(**config: Any) -> Flask:
     import tests.tasks  # noqa: F401  registers the test jobs
 
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Close the sockets a test app's Celery opened, so none leak into other tests."""
+    state = app.extensions.get("jobtastic")
+    if state is None:
+        return
+    gc.collect()  # results unsubscribe when collected: let them, before closing
+    celery = state.celery
+    celery.close()
+    backend = celery.backend
+    client = getattr(backend, "client", None)
+    if client is not None and hasattr(client, "connection_pool"):
+        client.connection_pool.disconnect()
+    consumer = getattr(backend, "result_consumer", None)
+    pubsub = getattr(consumer, "_pubsub", None)
+    if pubsub is not None:
+        pubsub.close()

@@ -132,10 +132,12 @@ def celery_worker(test_environment: None) -> Iterator[WorkerProcess]:
 
 
 @pytest.fixture
-def app() -> Flask:
-    from tests.app_factory import create_app
+def app() -> Iterator[Flask]:
+    from tests.app_factory import close_app, create_app
 
-    return create_app()
+    app = create_app()
+    yield app
+    close_app(app)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 
-from tests.app_factory import create_app
+from tests.app_factory import close_app, create_app
 from tests.servers import RedisServer
 from tests.tasks import CountedTask, DivisionTask
 
@@ -22,14 +22,16 @@ def broker() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def fragile_app(broker: RedisServer) -> Flask:
+def fragile_app(broker: RedisServer) -> Iterator[Flask]:
     """An app whose broker is a Redis of its own; results stay on the shared one."""
-    return create_app(
+    app = create_app(
         CELERY={
             "broker_url": broker.url,
             "result_backend": os.environ["JOBTASTIC_TEST_BACKEND_URL"],
         }
     )
+    yield app
+    close_app(app)
 
 
 def test_delay_or_fail_with_killed_broker_fails_fast_and_says_why(fragile_app, broker, token):

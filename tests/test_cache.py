@@ -1,0 +1,615 @@
+"""PyMemcacheCache and the cache helpers, against real memcached and redis servers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import multiprocessing
+import os
+import pickle
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask_caching import Cache
+from flask_caching.backends.simplecache import SimpleCache
+from pymemcache.client.base import Client
+from pymemcache.serde import pickle_serde
+
+from flask_jobtastic.cache import (
+    AddAtomicity,
+    PyMemcacheCache,
+    cache_add,
+    cache_delete,
+    cache_delete_if_equal,
+    cache_get,
+    cache_get_many,
+    cache_set,
+    claim_herd_key,
+    describe_add_atomicity,
+    refresh_herd_key,
+)
+from tests.servers import MemcachedServer, RedisServer, free_port
+
+BACKEND = "flask_jobtastic.cache.PyMemcacheCache"
+LOGGER = "flask_jobtastic.cache"
+
+MakeCache = Callable[..., Cache]
+
+
+@pytest.fixture(scope="module")
+def memcached() -> Iterator[MemcachedServer]:
+    """A memcached shared by the tests that do not crash it."""
+    with MemcachedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def lone_memcached() -> Iterator[MemcachedServer]:
+    """A memcached this test alone may kill and restart."""
+    with MemcachedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_cache() -> Iterator[MakeCache]:
+    """Build a Flask app with a Cache on our backend; each gets its own key prefix."""
+    made: list[Cache] = []
+
+    def make(servers: Any, **config: Any) -> Cache:
+        app = Flask(__name__)
+        settings = {
+            "CACHE_TYPE": BACKEND,
+            "CACHE_MEMCACHED_SERVERS": servers,
+            "CACHE_KEY_PREFIX": f"t{uuid.uuid4().hex[:10]}:",
+            **config,
+        }
+        cache = Cache(app, config=settings)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        backend = cache.cache
+        if isinstance(backend, PyMemcacheCache):
+            backend.close()
+
+
+@pytest.fixture
+def cache(memcached: MemcachedServer, make_cache: MakeCache) -> Cache:
+    return make_cache([memcached.address])
+
+
+def backend_of(cache: Cache) -> PyMemcacheCache:
+    backend = cache.cache
+    assert isinstance(backend, PyMemcacheCache)
+    return backend
+
+
+def warnings_from(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING
+    ]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> float:
+    """Poll until ``predicate`` holds; returns the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+class Point:
+    """A user class, to show arbitrary picklable values round-trip."""
+
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+
+# -- basic behaviour through flask-caching -------------------------------------
+
+
+def test_values_round_trip_through_flask_cache(cache: Cache) -> None:
+    values = {
+        "dict": {"a": [1, 2], "b": None},
+        "text": "grüße",
+        "int": 42,
+        "negative": -7,
+        "float": 3.5,
+        "bytes": b"\x00\xffraw",
+        "tuple": (1, "two"),
+        "object": Point(1, 2),
+        "when": dt.datetime(2024, 1, 2, 3, 4, 5),
+    }
+    for key, value in values.items():
+        assert cache.set(key, value) is True
+    for key, value in values.items():
+        got = cache.get(key)
+        assert got == value and type(got) is type(value), key
+
+    assert cache.add("int", 99) is False
+    assert cache.get("int") == 42
+    assert cache.add("fresh", "first") is True
+    assert cache.get("fresh") == "first"
+
+    assert cache.has("fresh") is True
+    assert cache.has("never-set") is False
+    assert cache.delete("fresh") is True
+    assert cache.delete("fresh") is False
+    assert cache.get("fresh") is None
+    assert cache.has("fresh") is False
+
+    assert cache.get_many("int", "missing", "text", "int") == [42, None, "grüße", 42]
+    assert cache.get_dict("int", "missing") == {"int": 42, "missing": None}
+    assert sorted(cache.set_many({"m1": 1, "m2": [2]})) == ["m1", "m2"]
+    assert cache.get_many("m1", "m2") == [1, [2]]
+    assert sorted(cache.delete_many("m1", "m2", "never-set")) == ["m1", "m2", "never-set"]
+    assert cache.get_many("m1", "m2") == [None, None]
+
+
+def test_inc_and_dec_count_atomically(cache: Cache) -> None:
+    backend = backend_of(cache)
+    assert backend.inc("hits") == 1  # a missing counter starts at delta
+    assert backend.inc("hits", 5) == 6
+    assert backend.dec("hits", 10) == -4  # below zero, unlike memcached's decr
+    assert backend.inc("hits") == -3
+    assert backend.dec("other") == -1
+    assert cache.get("hits") == -3
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(lambda _: backend.inc("shared"), range(200)))
+    assert cache.get("shared") == 200
+
+
+def test_memoize_uses_the_backend(cache: Cache) -> None:
+    calls: list[int] = []
+
+    @cache.memoize(timeout=60)
+    def square(n: int) -> int:
+        calls.append(n)
+        return n * n
+
+    with cache.app.app_context():
+        assert [square(3), square(3), square(4)] == [9, 9, 16]
+    assert calls == [3, 4]
+
+
+def test_unpicklable_value_is_the_callers_error(cache: Cache) -> None:
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        cache.set("lock", threading.Lock())
+    assert cache.set("after", 1) is True
+    assert cache.get("after") == 1
+
+
+def test_value_too_large_is_refused_not_an_outage(
+    cache: Cache, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert cache.set("big", b"x" * (2 * 1024 * 1024)) is False
+    assert cache.get("big") is None
+    messages = warnings_from(caplog)
+    assert len(messages) == 1 and "refused set" in messages[0]
+    assert cache.set("small", "fine") is True  # the server was not written off
+    assert cache.get("small") == "fine"
+
+
+def test_clear_empties_the_cache(cache: Cache) -> None:
+    cache.set("a", 1)
+    assert cache.clear() is True
+    assert cache.get("a") is None
+
+
+# -- add is atomic ---------------------------------------------------------------
+
+
+def test_add_elects_one_winner_among_threads(cache: Cache) -> None:
+    keys = [f"race-{i}" for i in range(25)]
+    barrier = threading.Barrier(20)
+
+    def contender(name: str) -> list[str]:
+        barrier.wait()
+        return [key for key in keys if cache.add(key, name, timeout=60)]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        won = dict(enumerate(pool.map(contender, [f"thread-{i}" for i in range(20)])))
+
+    wins = Counter(key for keys_won in won.values() for key in keys_won)
+    assert wins == dict.fromkeys(keys, 1)
+    for i, keys_won in won.items():
+        for key in keys_won:
+            assert cache.get(key) == f"thread-{i}"
+
+
+def _race_for_keys(
+    address: str, prefix: str, keys: list[str], name: str, start: Any, results: Any
+) -> None:
+    """Child process: add every key, report which ones this process won."""
+    backend = PyMemcacheCache([address], key_prefix=prefix)
+    try:
+        start.wait(timeout=30)
+        results.put((name, [key for key in keys if backend.add(key, name, timeout=60)]))
+    finally:
+        backend.close()
+
+
+def test_add_elects_one_winner_among_processes(memcached: MemcachedServer) -> None:
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    results = context.Queue()
+    prefix = f"p{uuid.uuid4().hex[:10]}:"
+    keys = [f"race-{i}" for i in range(300)]
+    processes = [
+        context.Process(
+            target=_race_for_keys, args=(memcached.address, prefix, keys, name, start, results)
+        )
+        for name in ("first", "second")
+    ]
+    for process in processes:
+        process.start()
+    won = dict(results.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+
+    assert not set(won["first"]) & set(won["second"])
+    assert sorted(won["first"] + won["second"]) == sorted(keys)
+    backend = PyMemcacheCache([memcached.address], key_prefix=prefix)
+    try:
+        for name, keys_won in won.items():
+            assert backend.get_many(*keys_won) == [name] * len(keys_won)
+    finally:
+        backend.close()
+
+
+# -- timeouts --------------------------------------------------------------------
+
+
+def test_timeouts_follow_flask_caching_semantics(
+    memcached: MemcachedServer, make_cache: MakeCache
+) -> None:
+    cache = make_cache([memcached.address], CACHE_DEFAULT_TIMEOUT=1)
+    cache.set("one-second", "v", timeout=1)
+    cache.set("default", "v")  # CACHE_DEFAULT_TIMEOUT applies
+    cache.set("forever", "v", timeout=0)
+    cache.set("forty-days", "v", timeout=40 * 24 * 3600)  # > 30 days: absolute for memcached
+    cache.set("as-timedelta", "v", timeout=dt.timedelta(days=31))
+    assert cache.add("lock", "v", timeout=1) is True
+    assert cache.get_many("one-second", "default", "forty-days", "as-timedelta") == ["v"] * 4
+
+    wait_for(lambda: cache.get("one-second") is None, timeout=4)
+    wait_for(lambda: cache.get("default") is None, timeout=2)
+    assert cache.get_many("forever", "forty-days", "as-timedelta") == ["v"] * 3
+    assert cache.add("lock", "again", timeout=1) is True  # the expired lock can be taken
+
+
+# -- keys ------------------------------------------------------------------------
+
+
+AWKWARD_KEYS = [
+    "with space",
+    "with_space",
+    "tab\tkey",
+    "line\nbreak",
+    "ctrl\x01char",
+    "ünïcode ключ",
+    "emoji 🎉",
+    "x" * 300,
+    "x" * 299 + "y",
+    "",
+    "sha256:" + "0" * 64,
+    "plain",
+]
+
+
+def test_awkward_keys_work_and_do_not_collide(cache: Cache) -> None:
+    for i, key in enumerate(AWKWARD_KEYS):
+        assert cache.set(key, i) is True, repr(key)
+    assert cache.get_many(*AWKWARD_KEYS) == list(range(len(AWKWARD_KEYS)))
+    assert [cache.get(key) for key in AWKWARD_KEYS] == list(range(len(AWKWARD_KEYS)))
+    assert cache.add("x" * 300, "other") is False
+    assert cache.has("emoji 🎉") is True
+
+    assert cache.delete("x" * 300) is True
+    assert cache.get("x" * 300) is None
+    assert cache.get("x" * 299 + "y") == AWKWARD_KEYS.index("x" * 299 + "y")
+
+    backend = backend_of(cache)
+    for key in AWKWARD_KEYS:
+        stored = backend.memcached_key(key)
+        assert len(stored) <= 250 and stored.isascii() and " " not in stored
+    assert backend.memcached_key("plain") == backend.key_prefix + "plain"  # readable when valid
+
+
+# -- several servers ---------------------------------------------------------------
+
+
+def _keys_held_by(server: MemcachedServer, stored_keys: list[str]) -> set[str]:
+    client = Client((server.host, server.port), serde=pickle_serde)
+    try:
+        return set(client.get_many(stored_keys))
+    finally:
+        client.close()
+
+
+def test_keys_spread_over_two_servers(make_cache: MakeCache) -> None:
+    with MemcachedServer() as first, MemcachedServer() as second:
+        cache = make_cache([first.address, second.address])
+        backend = backend_of(cache)
+        keys = [f"key-{i}" for i in range(200)]
+        assert sorted(cache.set_many({key: key.upper() for key in keys})) == sorted(keys)
+
+        stored = [backend.memcached_key(key) for key in keys]
+        on_first = _keys_held_by(first, stored)
+        on_second = _keys_held_by(second, stored)
+        assert len(on_first) > 40 and len(on_second) > 40
+        assert on_first.isdisjoint(on_second) and len(on_first | on_second) == 200
+
+        assert cache.get_many(*keys) == [key.upper() for key in keys]
+        assert cache.add("key-1", "again") is False
+        assert cache.delete_many(*keys[:10]) == keys[:10]
+        assert cache.get_many(*keys[:10]) == [None] * 10
+
+        # One server down: keys on the other keep working; the dead one's keys
+        # miss instead of moving (moving would let two processes both win an add).
+        first.kill()
+        survivor_key = next(k for k in keys[10:] if backend.memcached_key(k) in on_second)
+        lost_key = next(k for k in keys[10:] if backend.memcached_key(k) in on_first)
+        assert cache.get(survivor_key) == survivor_key.upper()
+        assert cache.get(lost_key) is None
+        assert cache.set(lost_key, "moved?") is False
+        assert backend.memcached_key(lost_key) not in _keys_held_by(second, stored)
+        assert cache.set(survivor_key, "still works") is True
+        assert cache.get(survivor_key) == "still works"
+
+
+def test_single_string_and_unix_socket_servers(
+    memcached: MemcachedServer, make_cache: MakeCache, tmp_path: Path
+) -> None:
+    as_string = make_cache(memcached.address)
+    assert as_string.set("k", "v") is True and as_string.get("k") == "v"
+
+    socket_path = tmp_path / "memcached.sock"
+    binary = shutil.which("memcached")
+    assert binary is not None
+    as_root = ["-u", "root"] if os.geteuid() == 0 else []
+    server = subprocess.Popen(
+        [binary, "-s", str(socket_path), "-U", "0", "-m", "16", *as_root],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(socket_path.exists, timeout=10)
+        over_unix = make_cache([f"unix:{socket_path}"])
+        assert over_unix.set("k", "over unix") is True
+        assert over_unix.get("k") == "over unix"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+# -- outages -----------------------------------------------------------------------
+
+
+def test_outage_degrades_every_method_with_one_warning(
+    lone_memcached: MemcachedServer, make_cache: MakeCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    cache = make_cache([lone_memcached.address])
+    backend = backend_of(cache)
+    assert cache.set("k", "v") is True
+    lone_memcached.kill()
+
+    started = time.monotonic()
+    for _ in range(3):
+        assert cache.get("k") is None
+        assert cache.get_many("k", "j") == [None, None]
+        assert cache.get_dict("k") == {"k": None}
+        assert cache.set("k", "v") is False
+        assert cache.set_many({"k": 1}) == []
+        assert cache.add("new", "v") is False
+        assert cache.delete("k") is False
+        assert cache.delete_many("k") == []
+        assert cache.has("k") is False
+        assert cache.clear() is False
+        assert backend.inc("n") is None
+        assert backend.dec("n") is None
+    assert time.monotonic() - started < 2
+
+    messages = warnings_from(caplog)
+    assert len(messages) == 1
+    assert lone_memcached.address in messages[0]
+    assert "unreachable" in messages[0] and "degraded" in messages[0]
+
+
+def test_never_reachable_server_degrades(
+    make_cache: MakeCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    cache = make_cache([address])
+    assert cache.get("k") is None
+    assert cache.add("k", "v") is False
+    assert len(warnings_from(caplog)) == 1
+    assert address in warnings_from(caplog)[0]
+
+
+def test_recovers_when_memcached_comes_back(
+    lone_memcached: MemcachedServer, make_cache: MakeCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    cache = make_cache([lone_memcached.address])
+    assert cache.set("k", "before") is True
+    lone_memcached.kill()
+    assert cache.set("k", "during") is False
+
+    lone_memcached.restart()
+    took = wait_for(lambda: cache.set("k", "after") is True, timeout=5)
+    assert took < 3
+    assert cache.get("k") == "after"
+    assert cache.add("k", "x") is False  # atomic add works again too
+    assert any("reachable again" in r.getMessage() for r in caplog.records if r.name == LOGGER)
+
+
+def test_restart_between_calls_goes_unnoticed(
+    lone_memcached: MemcachedServer, make_cache: MakeCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache([lone_memcached.address])
+    barrier = threading.Barrier(8)
+
+    def use() -> Any:
+        barrier.wait()
+        return cache.get("warm")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # leave several pooled connections
+        list(pool.map(lambda _: use(), range(8)))
+
+    lone_memcached.kill()
+    lone_memcached.restart()
+    # Every pooled connection is now stale; the first call still succeeds.
+    assert cache.set("k", "fresh") is True
+    assert cache.get("k") == "fresh"
+    assert warnings_from(caplog) == []
+
+
+def _use_after_fork(cache: PyMemcacheCache, results: Any) -> None:
+    wrong = sum(1 for i in range(300) if not (cache.set(f"c{i}", i) and cache.get(f"c{i}") == i))
+    results.put(wrong)
+
+
+def test_forked_child_does_not_share_connections(cache: Cache) -> None:
+    if threading.active_count() > 1:
+        pytest.skip("forking while other threads run could deadlock the child")
+    backend = backend_of(cache)
+    assert backend.set("warm", 1) is True  # the parent now holds a pooled connection
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_use_after_fork, args=(backend, results))
+    child.start()
+    parent_wrong = sum(
+        1 for i in range(300) if not (backend.set(f"p{i}", -i) and backend.get(f"p{i}") == -i)
+    )
+    child_wrong = results.get(timeout=30)
+    child.join(timeout=30)
+    assert (parent_wrong, child_wrong, child.exitcode) == (0, 0, 0)
+
+
+# -- herd helpers ------------------------------------------------------------------
+
+
+def test_claim_herd_key_elects_and_releases(cache: Cache) -> None:
+    assert claim_herd_key(cache, "herd", "t1", 30) == ("t1", True)
+    assert claim_herd_key(cache, "herd", "t2", 30) == ("t1", False)
+    assert claim_herd_key(cache, "herd", "t1", 30) == ("t1", True)  # the owner itself
+
+    assert refresh_herd_key(cache, "herd", "t2", 30) is False
+    assert refresh_herd_key(cache, "herd", "t1", 30) is True
+    assert cache.get("herd") == "t1"
+
+    assert cache_delete_if_equal(cache, "herd", "t2") is False
+    assert cache.get("herd") == "t1"
+    assert cache_delete_if_equal(cache, "herd", "t1") is True
+    assert claim_herd_key(cache, "herd", "t2", 30) == ("t2", True)
+
+    barrier = threading.Barrier(20)
+
+    def claim(task_id: str) -> tuple[str, bool]:
+        barrier.wait()
+        return claim_herd_key(cache, "contended", task_id, 30)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        outcomes = list(pool.map(claim, [f"task-{i}" for i in range(20)]))
+    winners = {winner for winner, _ in outcomes}
+    assert len(winners) == 1
+    assert [won for _, won in outcomes].count(True) == 1
+    assert cache.get("contended") == winners.pop()
+
+
+def test_claim_herd_key_expires(cache: Cache) -> None:
+    assert claim_herd_key(cache, "short", "t1", 1) == ("t1", True)
+    wait_for(lambda: cache.get("short") is None, timeout=4)
+    assert claim_herd_key(cache, "short", "t2", 30) == ("t2", True)
+
+
+def test_claim_herd_key_degrades_when_memcached_is_down(
+    lone_memcached: MemcachedServer, make_cache: MakeCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache([lone_memcached.address])
+    lone_memcached.kill()
+    assert claim_herd_key(cache, "herd", "t1", 30) == ("t1", True)
+    assert claim_herd_key(cache, "herd", "t2", 30) == ("t2", True)
+    assert refresh_herd_key(cache, "herd", "t1", 30) is False
+    messages = warnings_from(caplog)
+    assert sum("unreachable" in m for m in messages) == 1
+    assert sum("could not claim" in m for m in messages) == 1
+
+
+def test_helpers_swallow_errors_of_any_backend(caplog: pytest.LogCaptureFixture) -> None:
+    with RedisServer() as redis_server:
+        app = Flask(__name__)
+        cache = Cache(app, config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": redis_server.url})
+        assert cache_set(cache, "k", {"v": 1}, 0) is True
+        assert cache_get(cache, "k") == {"v": 1}
+        assert cache_get_many(cache, ["k", "missing"]) == [{"v": 1}, None]
+        assert claim_herd_key(cache, "herd", "t1", 30) == ("t1", True)
+        assert claim_herd_key(cache, "herd", "t2", 30) == ("t1", False)
+        assert warnings_from(caplog) == []
+
+        redis_server.kill()
+        with pytest.raises(Exception, match="(?i)connect"):
+            cache.get("k")  # the backend itself raises...
+        assert cache_get(cache, "k") is None  # ...the helpers do not
+        assert cache_get_many(cache, ["k", "j"]) == [None, None]
+        assert cache_set(cache, "k", 1, 30) is False
+        assert cache_add(cache, "k", 1, 30) is False
+        assert cache_delete(cache, "k") is False
+        assert cache_delete_if_equal(cache, "herd", "t1") is False
+        assert refresh_herd_key(cache, "herd", "t1", 30) is False
+        assert claim_herd_key(cache, "herd", "t3", 30) == ("t3", True)
+
+    messages = warnings_from(caplog)
+    assert sum("failed" in m for m in messages) == 1  # one warning per outage, not per call
+    assert sum("could not claim" in m for m in messages) == 1
+
+
+# -- atomicity of add per backend ---------------------------------------------------
+
+
+class TenantCache(SimpleCache):
+    """A user's subclass keeps its base's answer."""
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"CACHE_TYPE": "SimpleCache"}, "process-local"),
+        ({"CACHE_TYPE": f"{__name__}.TenantCache"}, "process-local"),
+        ({"CACHE_TYPE": "NullCache", "CACHE_NO_NULL_WARNING": True}, "not-atomic"),
+        ({"CACHE_TYPE": "FileSystemCache"}, "not-atomic"),
+        ({"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": "redis://127.0.0.1:1/0"}, "atomic"),
+        ({"CACHE_TYPE": BACKEND, "CACHE_MEMCACHED_SERVERS": ["127.0.0.1:1"]}, "atomic"),
+    ],
+)
+def test_describe_add_atomicity(config: dict[str, Any], expected: str, tmp_path: Path) -> None:
+    app = Flask(__name__)
+    cache = Cache(app, config={"CACHE_DIR": str(tmp_path), **config})
+    backend = cache.cache
+    try:
+        assert describe_add_atomicity(backend) == expected
+        assert describe_add_atomicity(cache) == expected
+        assert describe_add_atomicity(backend) is AddAtomicity(expected)
+    finally:
+        if isinstance(backend, PyMemcacheCache):
+            backend.close()
