@@ -65,3 +65,18 @@ CELERY_EMBEDDED: dict[str, Any] = {
     "broker_url": "memory://localhost/",
     "result_backend": "cache+memory://",
 }
+
+#: The per-user job registry: ``"auto"`` (Redis when the result backend is
+#: Redis, in-memory with the embedded in-memory backend, else off), ``"memory"``,
+#: a ``redis://`` URL, or ``None`` to turn it off.
+REGISTRY: str | None = "auto"
+
+#: Seconds a finished job stays listed after its owner saw it.
+REGISTRY_SEEN_TTL = 120.0
+
+#: Seconds a finished job nobody saw stays listed (and the longest any record lives).
+REGISTRY_UNSEEN_TTL = 7 * 86400.0
+
+#: Whether a job sent with no owner can be read by its id alone. ``None``
+#: means yes while no ``owner_loader`` is registered, no once one is.
+ALLOW_UNOWNED: bool | None = None

@@ -57,9 +57,8 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
     last: dict[str, Any] | None = None
     try:
         try:
-            document = build_status(
-                task_id, results.read_meta(backend, task_id), expose_errors=expose
-            )
+            view = results.read_job(backend, task_id)
+            document = build_status(task_id, view.meta, expose_errors=expose, detail=view.detail)
         except Exception:
             yield _unavailable_event(task_id)
             return
@@ -87,6 +86,8 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
                     return
             if meta is not None:
                 document = build_status(task_id, meta, expose_errors=expose)
+                if document["ready"]:
+                    document = _final_document(backend, task_id, meta, expose)
                 if document != last:
                     yield format_event(document)
                     last = document
@@ -102,6 +103,15 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
                 pubsub.close()
             except Exception:
                 logger.debug("Closing the pub/sub of %s failed", task_id, exc_info=True)
+
+
+def _final_document(backend: Any, task_id: str, meta: Any, expose: bool) -> dict[str, Any]:
+    """The last document, with the steps and counts the job saved at its end."""
+    try:
+        detail = results.read_job(backend, task_id).detail
+    except Exception:
+        detail = None
+    return build_status(task_id, meta, expose_errors=expose, detail=detail)
 
 
 def _unavailable_event(task_id: str) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
-from flask import Flask, current_app, has_app_context
+from flask import Flask, current_app, has_app_context, has_request_context
 from flask_caching import Cache
 from kombu.exceptions import OperationalError
 
@@ -23,6 +24,7 @@ from .assets import jobtastic_assets
 from .cache import describe_add_atomicity
 from .embedded import EmbeddedWorker
 from .errors import ConfigurationError
+from .registry import MemoryRegistryStore, RedisRegistryStore, Registry
 from .task import register_celery_app
 
 logger = logging.getLogger("flask_jobtastic")
@@ -52,7 +54,41 @@ class JobtasticState:
     events_poll_interval: float
     events_max_seconds: float
     embedded_worker: EmbeddedWorker | None = None
+    registry: Registry | None = None
+    allow_unowned: bool | None = None
+    extension: Jobtastic | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def current_owner(self) -> str | None:
+        """The owner of jobs sent now: the app's ``owner_loader`` in a request."""
+        loader = self.extension._owner_loader if self.extension is not None else None
+        if loader is None or not has_request_context():
+            return None
+        owner = loader()
+        return None if owner is None else str(owner)
+
+    @property
+    def owners_enforced(self) -> bool:
+        return self.extension is not None and self.extension._owner_loader is not None
+
+    def may_read(self, job: dict[str, Any] | None) -> bool:
+        """Whether the current request may see a job, given its ``job`` side record."""
+        owner = job.get("owner") if job else None
+        if owner is None:
+            if self.allow_unowned is not None:
+                return self.allow_unowned
+            return not self.owners_enforced
+        return owner == self.current_owner()
+
+    def registry_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the registry; its store being down is logged, never fatal to a job."""
+        if self.registry is None:
+            return None
+        try:
+            return getattr(self.registry, method)(*args, **kwargs)
+        except Exception:
+            logger.warning("Job registry %s failed", method, exc_info=True)
+            return None
 
 
 def _setting_defaults() -> dict[str, Any]:
@@ -134,6 +170,32 @@ def _broker_errors(celery: Celery) -> tuple[type[BaseException], ...]:
     return (OperationalError, *errors)
 
 
+def build_registry(config: Any, celery: Celery) -> Registry | None:
+    """The job registry ``JOBTASTIC_REGISTRY`` asks for."""
+    setting = config["JOBTASTIC_REGISTRY"]
+    seen_ttl = _number(config, "JOBTASTIC_REGISTRY_SEEN_TTL", minimum=0)
+    unseen_ttl = _number(config, "JOBTASTIC_REGISTRY_UNSEEN_TTL", minimum=0, allow_equal=False)
+    backend_url = str(celery.conf.result_backend or "")
+    if setting == "auto":
+        if backend_url.startswith(("redis://", "rediss://", "unix://")):
+            setting = backend_url
+        elif backend_url.startswith("cache+memory"):
+            setting = "memory"
+        else:
+            setting = None
+    if setting in (None, False):
+        return None
+    if setting == "memory":
+        store: Any = MemoryRegistryStore()
+    elif isinstance(setting, str) and setting.startswith(("redis://", "rediss://", "unix://")):
+        store = RedisRegistryStore(setting, record_ttl=int(unseen_ttl) + 86400)
+    else:
+        raise ConfigurationError(
+            f"JOBTASTIC_REGISTRY must be 'auto', 'memory', a redis:// URL or None, got {setting!r}"
+        )
+    return Registry(store, seen_ttl=seen_ttl, unseen_ttl=unseen_ttl)
+
+
 def _is_in_memory(celery: Celery) -> bool:
     return str(celery.conf.broker_url or "").startswith("memory://")
 
@@ -153,6 +215,7 @@ class Jobtastic:
         self._cache = cache
         #: Celery apps this extension built, for ``.celery`` outside a request.
         self._built: list[Celery] = []
+        self._owner_loader: Callable[[], Any] | None = None
         if app is not None:
             self.init_app(app)
 
@@ -258,6 +321,9 @@ class Jobtastic:
             events_poll_interval=events_poll,
             events_max_seconds=events_max,
             embedded_worker=EmbeddedWorker(celery, concurrency) if embedded else None,
+            registry=build_registry(config, celery),
+            allow_unowned=config["JOBTASTIC_ALLOW_UNOWNED"],
+            extension=self,
         )
         app.extensions[EXTENSION_KEY] = state
         if self._celery is None:
@@ -269,6 +335,16 @@ class Jobtastic:
 
         app.register_blueprint(create_blueprint(), url_prefix=state.url_prefix)
         app.jinja_env.globals.setdefault("jobtastic_assets", jobtastic_assets)
+
+    def owner_loader(self, loader: Callable[[], Any]) -> Callable[[], Any]:
+        """Register the function that names the current user (a decorator).
+
+        It is called in the request that sends a job; its value (``str()``-ed)
+        becomes the job's owner, and only that owner can then read, cancel or
+        mark the job seen. Return ``None`` for an anonymous request.
+        """
+        self._owner_loader = loader
+        return loader
 
     @staticmethod
     def _state() -> JobtasticState:

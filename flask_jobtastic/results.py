@@ -7,9 +7,11 @@ allow one round trip for many ids, and the others.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from celery import states as celery_states
@@ -45,18 +47,50 @@ def record_queued(backend: Any, task_id: str, info: dict[str, Any]) -> None:
         backend.store_result(task_id, info, celery_states.PENDING)
 
 
-def read_meta(backend: Any, task_id: str) -> dict[str, Any]:
-    """The task meta for one id (Celery's placeholder when nothing is stored)."""
-    return backend.get_task_meta(task_id)
+def side_key(kind: str, task_id: str) -> str:
+    """Key of a record kept beside Celery's meta: ``job`` (sent) or ``detail`` (finished)."""
+    return f"jobtastic-{kind}-{task_id}"
 
 
-def read_metas(backend: Any, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Metas for many ids, in one round trip where the backend allows it."""
+def write_side(backend: Any, kind: str, task_id: str, value: dict[str, Any]) -> bool:
+    """Store a small JSON record beside the task meta, with the same expiry.
+
+    Only key-value backends (Redis, memcached, in-memory) can hold it; on
+    others this returns False and the features that need it stay off.
+    """
+    if not isinstance(backend, KeyValueStoreBackend):
+        return False
+    backend.set(side_key(kind, task_id), json.dumps(value, separators=(",", ":")))
+    return True
+
+
+@dataclass
+class JobView:
+    """What the stores know about one job: Celery's meta plus our side records."""
+
+    meta: dict[str, Any]
+    job: dict[str, Any] | None = None
+    detail: dict[str, Any] | None = None
+
+
+def read_job(backend: Any, task_id: str) -> JobView:
+    """Meta, job and detail records of one job, in one round trip where possible."""
+    return read_jobs(backend, [task_id])[task_id]
+
+
+def read_jobs(backend: Any, task_ids: Iterable[str]) -> dict[str, JobView]:
+    """``read_job`` for many ids, still one round trip on key-value backends."""
     ids = list(dict.fromkeys(task_ids))
     if not ids:
         return {}
     if isinstance(backend, KeyValueStoreBackend):
-        keys = [backend.get_key_for_task(task_id) for task_id in ids]
+        keys: list[Any] = []
+        for task_id in ids:
+            keys += [
+                backend.get_key_for_task(task_id),
+                side_key("job", task_id),
+                side_key("detail", task_id),
+            ]
         try:
             values = backend.mget(keys)
         except NotImplementedError:
@@ -67,15 +101,32 @@ def read_metas(backend: Any, task_ids: Iterable[str]) -> dict[str, dict[str, Any
                 raw = [by_key.get(_text(key)) for key in keys]
             else:
                 raw = list(values)
-            metas: dict[str, dict[str, Any]] = {}
-            for task_id, value in zip(ids, raw, strict=True):
-                metas[task_id] = (
-                    backend.decode_result(value)
-                    if value
+            views: dict[str, JobView] = {}
+            for index, task_id in enumerate(ids):
+                meta_raw, job_raw, detail_raw = raw[3 * index : 3 * index + 3]
+                meta = (
+                    backend.decode_result(meta_raw)
+                    if meta_raw
                     else {"status": celery_states.PENDING, "result": None}
                 )
-            return metas
-    return {task_id: backend.get_task_meta(task_id) for task_id in ids}
+                views[task_id] = JobView(meta, _json(job_raw), _json(detail_raw))
+            return views
+    return {task_id: JobView(backend.get_task_meta(task_id)) for task_id in ids}
+
+
+def _json(raw: Any) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_meta(backend: Any, task_id: str) -> dict[str, Any]:
+    """The task meta for one id (Celery's placeholder when nothing is stored)."""
+    return backend.get_task_meta(task_id)
 
 
 def _text(value: Any) -> str:

@@ -63,8 +63,16 @@ def _clamp_percent(value: Any) -> float:
     return min(max(number, 0.0), 100.0)
 
 
+#: Rich-progress fields kept after the job ended (from the ``detail`` record).
+DETAIL_KEYS = ("steps", "steps_summary", "messages", "counts")
+
+
 def build_status(
-    task_id: str, meta: Mapping[str, Any] | None, *, expose_errors: bool = False
+    task_id: str,
+    meta: Mapping[str, Any] | None,
+    *,
+    expose_errors: bool = False,
+    detail: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Turn a result-backend meta into the status document.
 
@@ -106,4 +114,8 @@ def build_status(
             document["time_remaining"] = (
                 remaining if isinstance(remaining, int | float) and remaining >= 0 else NO_ESTIMATE
             )
+    if detail and state not in (states.PROGRESS,):
+        for key in DETAIL_KEYS:
+            if key in detail and key not in document:
+                document[key] = detail[key]
     return document

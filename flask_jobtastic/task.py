@@ -9,6 +9,7 @@ context, reports throttled progress and checks its memory growth.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -16,23 +17,27 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import psutil
 from celery import Task
 from celery.app.autoretry import add_autoretry_behaviour
+from celery.exceptions import Ignore
 from celery.result import AsyncResult, EagerResult
 from celery.signals import task_revoked
+from celery.worker import state as worker_state
 from flask import current_app, has_app_context
 from kombu.utils.json import dumps as json_dumps
 
 from . import cache as cache_ops
 from . import keys, results, signals, states
+from .counts import ItemCounter
 from .errors import BrokerUnavailable, ResultNotSerializable
 from .progress import ProgressMeter
 from .status import error_id_for
+from .steps import StepRecorder
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -112,6 +117,14 @@ class JobtasticTask(Task):
     cache_duration: ClassVar[int] = -1
     cache_prefix: ClassVar[str | None] = None
     memleak_threshold: ClassVar[float] = -1
+    #: Steps shown from the first poll, as ``(key, name)`` pairs or names.
+    steps: ClassVar[list[Any]] = []
+    #: Keep a registry record of every job of this class (see ``registry.py``).
+    track_state: ClassVar[bool] = False
+    #: What the registry and "my jobs" list call a job of this class.
+    description: ClassVar[str | None] = None
+    #: How many ``notify`` messages and counted items a status keeps.
+    max_messages: ClassVar[int] = 50
     #: Eager runs (``delay_or_eager`` with the broker down) store their result,
     #: so the status endpoint and the result cache see them like any other.
     store_eager_result = True
@@ -284,6 +297,9 @@ class JobtasticTask(Task):
         if state.embedded_worker is not None:
             state.embedded_worker.ensure_started()
         herd_avoidance = options.pop("herd_avoidance", True)
+        track_state = options.pop("track_state", None)
+        description = options.pop("description", None)
+        tracked = self.track_state if track_state is None else bool(track_state)
         cache_key = self.cache_key_for(args, kwargs)
         cache = state.cache_backend
         if self.cache_duration >= 0:
@@ -306,11 +322,37 @@ class JobtasticTask(Task):
             if not won:
                 signals.herd_joined.send(self, task_id=winner)
                 return self.AsyncResult(winner)
+        owner = state.current_owner()
         try:
             results.record_queued(self.backend, task_id, {})
+            results.write_side(
+                self.backend,
+                "job",
+                task_id,
+                {
+                    "owner": owner,
+                    "herd_key": herd_key if herd_avoidance else None,
+                    "name": self.name,
+                },
+            )
         except Exception:  # the job can still run; its status will show the outage
             logger.warning(
                 "Could not record job %s as queued in the result backend", task_id, exc_info=True
+            )
+        if tracked:
+            if state.registry is None:
+                raise RuntimeError(
+                    f"{self.name} asks for track_state but the job registry is off: "
+                    "set JOBTASTIC_REGISTRY"
+                )
+            if track_state and not self.track_state:
+                options.setdefault("headers", {})["jobtastic_track"] = True
+            state.registry_call(
+                "record_sent",
+                task_id,
+                self.name,
+                owner=owner,
+                description=description or self.description,
             )
         options.setdefault("retry_policy", state.publish_retry_policy)
         try:
@@ -442,13 +484,25 @@ class JobtasticTask(Task):
         meter = ProgressMeter(started_at=monotonic(), interval=interval, smoothing=smoothing)
         local.meter = meter if task_id else None
         local.task_id = task_id
+        local.recorder = StepRecorder(self.steps, max_messages=self.max_messages)
+        local.counter = ItemCounter(max_items=self.max_messages)
+        local.details_used = bool(self.steps)
         local.herd_key = None
         local.herd_renewed_at = monotonic()
+        local.tracked = bool(
+            task_id
+            and state is not None
+            and state.registry is not None
+            and (self.track_state or getattr(self.request, "jobtastic_track", False))
+        )
         if task_id and self.herd_avoidance_timeout:
             try:
                 local.herd_key = keys.herd_key(self.cache_key_for(tuple(args), dict(kwargs)))
             except TypeError:
                 local.herd_key = None
+        if local.tracked:
+            state.registry_call("record_state", task_id, "running", progress=0.0)
+        failure: BaseException | None = None
         try:
             if task_id:
                 self._write_progress(meter.record(0, 1, monotonic()))
@@ -471,20 +525,169 @@ class JobtasticTask(Task):
                 if closing is not None:
                     self._write_progress(closing)
             return result
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
+            if task_id and local.details_used:
+                self._save_details(local, failure)
             local.meter = None
 
+    def _save_details(self, local: threading.local, failure: BaseException | None) -> None:
+        """Keep steps, messages and counts readable after the job ended."""
+        recorder: StepRecorder = local.recorder
+        recorder.finish(failed_with=None if isinstance(failure, Ignore) else failure)
+        try:
+            results.write_side(self.backend, "detail", local.task_id, self._details(local))
+        except Exception:
+            logger.warning("Could not save the details of job %s", local.task_id, exc_info=True)
+
+    @staticmethod
+    def _details(local: threading.local) -> dict[str, Any]:
+        details = dict(local.recorder.snapshot())
+        if local.counter.used:
+            details.update(local.counter.snapshot())
+        return details
+
     def _write_progress(self, meta: dict[str, Any]) -> None:
-        """Write PROGRESS meta; a result-backend blip must not kill the job."""
+        """Write PROGRESS meta; a result-backend blip must not kill the job.
+
+        Also the job's moment to notice a cancel: a revoked job stops at its
+        next progress write.
+        """
         local = self._local
         task_id = getattr(local, "task_id", None)
         if not task_id:
             return
+        if task_id in worker_state.revoked:
+            self._stop_revoked(local)
+        if local.details_used:
+            meta = {**meta, **self._details(local)}
         try:
             self.update_state(task_id=task_id, state=states.PROGRESS, meta=meta)
         except Exception:
             logger.warning("Could not write progress of job %s", task_id, exc_info=True)
+        if local.tracked:
+            state = getattr(self.app, "_flask_jobtastic_state", None)
+            if state is not None:
+                state.registry_call("record_progress", task_id, meta["progress_percent"])
         self._renew_herd_claim(local)
+
+    def _stop_revoked(self, local: threading.local) -> None:
+        """End a running job that was cancelled: REVOKED, not SUCCESS or FAILURE."""
+        task_id = local.task_id
+        logger.info("Job %s was revoked while running; stopping it", task_id)
+        try:
+            self.backend.mark_as_revoked(task_id, reason="revoked")
+        except Exception:
+            logger.warning("Could not mark job %s revoked", task_id, exc_info=True)
+        release_herd_key_by_key(self, local.herd_key, task_id)
+        if local.tracked:
+            state = getattr(self.app, "_flask_jobtastic_state", None)
+            if state is not None:
+                state.registry_call("record_state", task_id, "revoked")
+        raise Ignore()
+
+    def _flush_details(self, urgent: bool) -> None:
+        """Write after a step, message or count changed: at once or throttled."""
+        local = self._local
+        local.details_used = True
+        meter: ProgressMeter | None = getattr(local, "meter", None)
+        if meter is None:
+            return
+        now = monotonic()
+        if not urgent and now - meter.last_write_at < meter.interval:
+            return
+        counted = local.counter.progress()
+        if counted is not None:
+            completed, total = counted
+        else:
+            completed, total = meter.last_completed, meter.last_total or 1
+        self._write_progress(meter.record(completed, total, now))
+
+    # -- steps, messages and counts (rich progress) ------------------------------
+
+    def _recorder(self) -> StepRecorder:
+        recorder = getattr(self._local, "recorder", None)
+        if recorder is None:  # called outside a run (a unit test calling calculate_result)
+            recorder = self._local.recorder = StepRecorder(
+                self.steps, max_messages=self.max_messages
+            )
+            self._local.counter = ItemCounter(max_items=self.max_messages)
+        return recorder
+
+    def _counter(self) -> ItemCounter:
+        self._recorder()
+        return self._local.counter
+
+    @contextlib.contextmanager
+    def step(
+        self, name: str, *, key: Any = None, continue_on_error: bool = False
+    ) -> Iterator[None]:
+        """``with self.step("Fly to the moon"):`` records a (nestable) step.
+
+        On an exception the step is marked failed with the error; it then
+        propagates, unless ``continue_on_error=True`` records it and goes on
+        (see ``raise_latest_exception``).
+        """
+        recorder = self._recorder()
+        block = recorder.step(name, key=key, continue_on_error=continue_on_error)
+        block.__enter__()
+        self._flush_details(urgent=True)
+        try:
+            yield
+        except BaseException as exc:
+            suppressed = block.__exit__(type(exc), exc, exc.__traceback__)
+            self._flush_details(urgent=True)
+            if not suppressed:
+                raise
+        else:
+            block.__exit__(None, None, None)
+            self._flush_details(urgent=True)
+
+    def start_step(self, key: Any, name: str | None = None) -> None:
+        """Start step ``key`` (ending the one running at the same level)."""
+        self._recorder().start_step(key, name)
+        self._flush_details(urgent=True)
+
+    def update_step(self, detail: str, key: Any = None) -> None:
+        """Say what the current (or ``key``) step is doing; throttled like progress."""
+        self._recorder().update_step(detail, key)
+        self._flush_details(urgent=False)
+
+    def end_step(self, key: Any = None, error: BaseException | None = None) -> None:
+        """End the current (or ``key``) step: done, or failed with ``error``."""
+        self._recorder().end_step(key, error=error)
+        self._flush_details(urgent=True)
+
+    def notify(self, message: str) -> None:
+        """Add a line to the job's message log (the newest ``max_messages`` are kept)."""
+        self._recorder().notify(message)
+        self._flush_details(urgent=False)
+
+    def raise_latest_exception(self) -> None:
+        """Re-raise the last error a ``continue_on_error`` step recorded, if any."""
+        self._recorder().raise_latest_exception()
+
+    def set_amount(self, amount: int) -> None:
+        """How many items this job will count; progress then follows the counts."""
+        self._counter().set_amount(amount)
+        self._flush_details(urgent=True)
+
+    def add_one_success(self, item: Any = None) -> None:
+        """Count one item done (``item`` is listed, bounded)."""
+        self._counter().add_one_success(item)
+        self._flush_details(urgent=False)
+
+    def add_one_failure(self, item: Any = None) -> None:
+        """Count one item failed (``item`` is listed, bounded)."""
+        self._counter().add_one_failure(item)
+        self._flush_details(urgent=False)
+
+    def track(self, is_success: bool, item: Any = None) -> None:
+        """Count one item as done or failed."""
+        self._counter().track(is_success, item)
+        self._flush_details(urgent=False)
 
     def _renew_herd_claim(self, local: threading.local) -> None:
         """Keep the herd key alive while the job makes progress."""
@@ -502,8 +705,22 @@ class JobtasticTask(Task):
 
     # -- Celery's hooks --------------------------------------------------------
 
+    def _record_registry_state(self, task_id: str, job_state: str) -> None:
+        local = self._local
+        if getattr(local, "task_id", None) == task_id and getattr(local, "tracked", False):
+            state = getattr(self.app, "_flask_jobtastic_state", None)
+            if state is not None:
+                state.registry_call("record_state", task_id, job_state)
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """A retry is still the same job: the registry says ``retrying``."""
+        self._record_registry_state(task_id, "retrying")
+
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         """Cache the id of a successful run for ``cache_duration``."""
+        self._record_registry_state(task_id, "succeeded")
         if self.cache_duration < 0:
             return
         state = getattr(self.app, "_flask_jobtastic_state", None)
@@ -519,6 +736,7 @@ class JobtasticTask(Task):
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         """Log the traceback with the error id the user sees."""
+        self._record_registry_state(task_id, "failed")
         logger.error(
             "Job %s (%s) failed, error id %s: %s: %s\n%s",
             task_id,
@@ -535,6 +753,13 @@ class JobtasticTask(Task):
         """Release the herd key once the job is over, whatever the outcome."""
         if status in states.READY_STATES:
             release_herd_key(self, task_id, args, kwargs)
+
+
+def release_herd_key_by_key(task: JobtasticTask, herd_key: str | None, task_id: str) -> None:
+    """Delete a herd key if it still holds this run's id."""
+    state = getattr(task.app, "_flask_jobtastic_state", None)
+    if state is not None and herd_key:
+        cache_ops.cache_delete_if_equal(state.cache_backend, herd_key, task_id)
 
 
 def release_herd_key(task: JobtasticTask, task_id: str, args: Any, kwargs: Any) -> None:
@@ -554,6 +779,9 @@ def _release_on_revoke(sender: Any = None, request: Any = None, **_: Any) -> Non
     """A job revoked before or while running gives up its herd key."""
     if isinstance(sender, JobtasticTask) and request is not None:
         release_herd_key(sender, request.id, request.args, request.kwargs)
+        state = getattr(sender.app, "_flask_jobtastic_state", None)
+        if state is not None and state.registry is not None:
+            state.registry_call("record_state", request.id, "revoked")
 
 
 _process: psutil.Process | None = None

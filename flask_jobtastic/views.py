@@ -1,15 +1,31 @@
-"""The ``jobtastic`` blueprint: JSON status of jobs for the browser."""
+"""The ``jobtastic`` blueprint: what the browser may ask about jobs.
+
+Every endpoint answers JSON. A job the current user may not see answers
+exactly like a job that does not exist (404, state ``UNKNOWN``), so ids
+leak nothing. State-changing endpoints are POST and need an
+``X-Requested-With`` header, which a cross-site form cannot send.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+    stream_with_context,
+)
 
+from . import cache as cache_ops
 from . import results, states
 from .assets import asset_dir
 from .events import event_stream
+from .registry import JobNotFinished
 from .status import build_status
 
 logger = logging.getLogger("flask_jobtastic")
@@ -21,6 +37,16 @@ def _state() -> Any:
 
 def _error(status: int, kind: str, message: str, **extra: Any) -> tuple[Response, int]:
     return jsonify({"error": {"type": kind, "message": message}, **extra}), status
+
+
+def _bad_id() -> tuple[Response, int]:
+    return _error(400, "BadRequest", "Malformed task id: expected a UUID.")
+
+
+def _unknown(task_id: str) -> tuple[Response, int]:
+    """Unknown, expired, or someone else's: the same answer for all three."""
+    document = build_status(task_id, None)
+    return _no_store(jsonify(document)), 404
 
 
 def _unavailable(task_id: str | None = None) -> tuple[Response, int]:
@@ -42,16 +68,33 @@ def _no_store(response: Response) -> Response:
     return response
 
 
+def _needs_header() -> tuple[Response, int] | None:
+    """Cross-site request guard for POSTs: browsers only add custom headers same-origin."""
+    if not request.headers.get("X-Requested-With"):
+        return _error(
+            400,
+            "BadRequest",
+            "Send this request with an X-Requested-With header (the widget does).",
+        )
+    return None
+
+
+def _document(state: Any, task_id: str, view: results.JobView) -> dict[str, Any]:
+    return build_status(task_id, view.meta, expose_errors=state.expose_errors, detail=view.detail)
+
+
 def status(task_id: str) -> Any:
     """``GET <prefix>/status/<task_id>``: the status document of one job."""
     if not results.is_valid_task_id(task_id):
-        return _error(400, "BadRequest", "Malformed task id: expected a UUID.")
+        return _bad_id()
     state = _state()
     try:
-        meta = results.read_meta(state.celery.backend, task_id)
+        view = results.read_job(state.celery.backend, task_id)
     except Exception:
         return _unavailable(task_id)
-    document = build_status(task_id, meta, expose_errors=state.expose_errors)
+    if not state.may_read(view.job):
+        return _unknown(task_id)
+    document = _document(state, task_id, view)
     response = _no_store(jsonify(document))
     if document["state"] == states.UNKNOWN:
         return response, 404
@@ -61,7 +104,8 @@ def status(task_id: str) -> Any:
 def batch_status() -> Any:
     """``GET <prefix>/status?ids=a,b`` or ``POST <prefix>/status`` with ``{"task_ids": [...]}``.
 
-    Answers ``{"tasks": {id: document}}`` from one result-backend round trip.
+    Answers ``{"tasks": {id: document}}`` from one result-backend round trip;
+    jobs the caller may not see are ``UNKNOWN``.
     """
     state = _state()
     if request.method == "POST":
@@ -82,13 +126,16 @@ def batch_status() -> Any:
     if bad:
         return _error(400, "BadRequest", "Malformed task id: expected UUIDs.", invalid=bad[:10])
     try:
-        metas = results.read_metas(state.celery.backend, ids)
+        views = results.read_jobs(state.celery.backend, ids)
     except Exception:
         return _unavailable()
-    documents = {
-        task_id: build_status(task_id, metas.get(task_id), expose_errors=state.expose_errors)
-        for task_id in ids
-    }
+    documents = {}
+    for task_id in ids:
+        view = views[task_id]
+        if state.may_read(view.job):
+            documents[task_id] = _document(state, task_id, view)
+        else:
+            documents[task_id] = build_status(task_id, None)
     return _no_store(jsonify({"tasks": documents}))
 
 
@@ -99,8 +146,14 @@ def events(task_id: str) -> Any:
     after a final state. Heartbeat comments keep proxies from closing it.
     """
     if not results.is_valid_task_id(task_id):
-        return _error(400, "BadRequest", "Malformed task id: expected a UUID.")
+        return _bad_id()
     state = _state()
+    try:
+        view = results.read_job(state.celery.backend, task_id)
+    except Exception:
+        return _unavailable(task_id)
+    if not state.may_read(view.job):
+        return _unknown(task_id)
     response = Response(
         stream_with_context(event_stream(state, task_id)),
         mimetype="text/event-stream",
@@ -108,6 +161,113 @@ def events(task_id: str) -> Any:
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response
+
+
+def cancel(task_id: str) -> Any:
+    """``POST <prefix>/cancel/<task_id>``: revoke the job and free its herd key.
+
+    A queued job never starts; a running one stops at its next progress write.
+    """
+    refused = _needs_header()
+    if refused:
+        return refused
+    if not results.is_valid_task_id(task_id):
+        return _bad_id()
+    state = _state()
+    backend = state.celery.backend
+    try:
+        view = results.read_job(backend, task_id)
+    except Exception:
+        return _unavailable(task_id)
+    if not state.may_read(view.job) or "task_id" not in view.meta:
+        return _unknown(task_id)
+    document = _document(state, task_id, view)
+    if document["ready"]:
+        return _no_store(jsonify(document))
+    try:
+        state.celery.control.revoke(task_id)
+    except Exception:
+        logger.warning("Could not broadcast the revoke of %s", task_id, exc_info=True)
+    try:
+        backend.mark_as_revoked(task_id, reason="cancelled")
+    except Exception:
+        return _unavailable(task_id)
+    herd_key = (view.job or {}).get("herd_key")
+    if herd_key:
+        cache_ops.cache_delete_if_equal(state.cache_backend, herd_key, task_id)
+    state.registry_call("record_state", task_id, "revoked")
+    view = results.read_job(backend, task_id)
+    return _no_store(jsonify(_document(state, task_id, view)))
+
+
+def _registry_or_404() -> Any:
+    state = _state()
+    if state.registry is None:
+        return None, _error(404, "NotFound", "The job registry is not enabled.")
+    return state, None
+
+
+def my_jobs() -> Any:
+    """``GET <prefix>/jobs``: the current user's jobs for display (unseen + recently seen).
+
+    ``?all=1`` lists every kept job of the user; ``?state=failed`` filters.
+    """
+    state, refused = _registry_or_404()
+    if refused:
+        return refused
+    owner = state.current_owner()
+    if owner is None:
+        return _no_store(jsonify({"jobs": []}))
+    wanted = request.args.getlist("state") or None
+    if wanted and not set(wanted) <= set(_JOB_STATES):
+        return _error(400, "BadRequest", f"state must be one of {', '.join(_JOB_STATES)}.")
+    try:
+        if request.args.get("all") or wanted:
+            records = state.registry.jobs_of(owner, states=wanted)
+        else:
+            records = state.registry.for_display(owner, recent_seconds=state.registry.seen_ttl)
+    except Exception:
+        return _unavailable()
+    return _no_store(jsonify({"jobs": [record.to_dict() for record in records]}))
+
+
+def mark_seen(task_id: str) -> Any:
+    """``POST <prefix>/jobs/<task_id>/seen``: the owner saw this finished job."""
+    refused = _needs_header()
+    if refused:
+        return refused
+    if not results.is_valid_task_id(task_id):
+        return _bad_id()
+    state, refused = _registry_or_404()
+    if refused:
+        return refused
+    owner = state.current_owner()
+    if owner is None:
+        return _unknown(task_id)
+    try:
+        record = state.registry.mark_seen(task_id, owner)
+    except LookupError:
+        return _unknown(task_id)
+    except JobNotFinished:
+        return _error(409, "Conflict", "Only a finished job can be marked as seen.")
+    except Exception:
+        return _unavailable(task_id)
+    return _no_store(jsonify(record.to_dict()))
+
+
+def jobs_partial() -> Any:
+    """``GET <prefix>/jobs.html``: the "my jobs" list as HTML, for pages to refresh."""
+    state, refused = _registry_or_404()
+    if refused:
+        return refused
+    owner = state.current_owner()
+    records = []
+    if owner is not None:
+        records = state.registry.for_display(owner, recent_seconds=state.registry.seen_ttl)
+    return render_template("jobtastic/jobs.html", jobtastic_jobs=records)
+
+
+_JOB_STATES = ("queued", "running", "succeeded", "failed", "revoked", "retrying")
 
 
 def create_blueprint() -> Blueprint:
@@ -119,7 +279,11 @@ def create_blueprint() -> Blueprint:
         static_url_path="/static",
         template_folder=asset_dir("templates"),
     )
-    blueprint.add_url_rule("/events/<path:task_id>", "events", events, methods=["GET"])
     blueprint.add_url_rule("/status/<path:task_id>", "status", status, methods=["GET"])
     blueprint.add_url_rule("/status", "batch_status", batch_status, methods=["GET", "POST"])
+    blueprint.add_url_rule("/events/<path:task_id>", "events", events, methods=["GET"])
+    blueprint.add_url_rule("/cancel/<path:task_id>", "cancel", cancel, methods=["POST"])
+    blueprint.add_url_rule("/jobs", "jobs", my_jobs, methods=["GET"])
+    blueprint.add_url_rule("/jobs.html", "jobs_partial", jobs_partial, methods=["GET"])
+    blueprint.add_url_rule("/jobs/<path:task_id>/seen", "mark_seen", mark_seen, methods=["POST"])
     return blueprint
