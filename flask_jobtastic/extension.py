@@ -22,6 +22,7 @@ from kombu.exceptions import OperationalError
 from . import defaults
 from .assets import jobtastic_assets
 from .cache import describe_add_atomicity
+from .cli import jobtastic_cli
 from .embedded import EmbeddedWorker
 from .errors import ConfigurationError
 from .registry import MemoryRegistryStore, RedisRegistryStore, Registry
@@ -335,6 +336,7 @@ class Jobtastic:
 
         app.register_blueprint(create_blueprint(), url_prefix=state.url_prefix)
         app.jinja_env.globals.setdefault("jobtastic_assets", jobtastic_assets)
+        app.cli.add_command(jobtastic_cli)
 
     def owner_loader(self, loader: Callable[[], Any]) -> Callable[[], Any]:
         """Register the function that names the current user (a decorator).

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import states as celery_states
-from celery.backends.base import KeyValueStoreBackend
+from celery.backends.base import BaseKeyValueStoreBackend as KeyValueStoreBackend
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 

@@ -6,7 +6,7 @@ import gc
 import os
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 
 from flask_jobtastic import Jobtastic
 
@@ -26,8 +26,12 @@ def create_app(**config: Any) -> Flask:
         },
         JOBTASTIC_PROGRESS_INTERVAL=float(os.environ.get("JOBTASTIC_TEST_INTERVAL", "0.1")),
     )
+    owner_header = config.pop("owner_header", None)
     app.config.update(config)
-    Jobtastic(app)
+    extension = Jobtastic(app)
+    if owner_header:
+        # the "current user" is whoever the test request says it is
+        extension.owner_loader(lambda: request.headers.get(owner_header))
     import tests.tasks  # noqa: F401  registers the test jobs
 
     return app

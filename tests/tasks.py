@@ -142,3 +142,56 @@ class MillionProgressTask(JobtasticTask):
         for i in range(n):
             self.update_progress(i + 1, n)
         return time.monotonic() - started
+
+
+class StepsTask(JobtasticTask):
+    """Declared steps, a nested failing step that the job survives, messages."""
+
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+    steps = [("fetch", "Fetch the data"), ("check", "Check it"), ("write", "Write it")]
+
+    def calculate_result(self, token: str, pause: float = 0.6) -> str:
+        time.sleep(pause)  # long enough for a first poll to see every step pending
+        with self.step("Fetch the data", key="fetch"):
+            self.notify("fetched 3 rows")
+            time.sleep(0.2)
+        with self.step("Check it", key="check"):
+            with self.step("Call the flaky service", continue_on_error=True):
+                raise ConnectionError("flaky service said no")
+            self.notify("checked, one call failed")
+        self.start_step("write")
+        self.update_step("writing row 1")
+        time.sleep(0.2)
+        self.end_step()
+        return token
+
+
+class CountingTask(JobtasticTask):
+    """Counts items, failing the ones whose number is in ``bad``."""
+
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+
+    def calculate_result(self, token: str, items: int = 10, bad: list | None = None) -> dict:
+        bad = bad or []
+        self.set_amount(items)
+        for number in range(items):
+            time.sleep(0.05)
+            self.track(number not in bad, item=f"item-{number}")
+        return {"done": items - len(bad)}
+
+
+class TrackedTask(JobtasticTask):
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+    track_state = True
+    description = "A tracked test job"
+
+    def calculate_result(self, token: str, seconds: float = 0.3, fail: bool = False) -> str:
+        for i in range(5):
+            time.sleep(seconds / 5)
+            self.update_progress(i + 1, 5)
+        if fail:
+            raise JobFailed("tracked job failed on purpose")
+        return token

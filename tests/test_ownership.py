@@ -1,0 +1,102 @@
+"""Owner-scoped endpoints and cancel, over the real worker and Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from flask import Flask
+
+from tests.app_factory import close_app, create_app
+from tests.tasks import CountedTask, SlowProgressTask
+
+pytestmark = pytest.mark.usefixtures("celery_worker")
+
+ALICE = {"X-User": "alice"}
+BOB = {"X-User": "bob"}
+POST = {"X-Requested-With": "test"}
+
+
+@pytest.fixture
+def owned_app():
+    app = create_app(owner_header="X-User")
+    yield app
+    close_app(app)
+
+
+def send_as(app: Flask, headers: dict, task_cls, **kwargs):
+    with app.test_request_context(headers=headers):
+        return task_cls.delay_or_fail(**kwargs)
+
+
+def test_status_of_anothers_job_is_404_like_an_unknown_one(owned_app, token):
+    result = send_as(owned_app, ALICE, SlowProgressTask, token=token, seconds=0.3)
+    client = owned_app.test_client()
+    mine = client.get(f"/jobtastic/status/{result.id}", headers=ALICE)
+    assert mine.status_code == 200 and mine.get_json()["state"] in ("PENDING", "PROGRESS")
+    theirs = client.get(f"/jobtastic/status/{result.id}", headers=BOB)
+    anonymous = client.get(f"/jobtastic/status/{result.id}")
+    for response in (theirs, anonymous):
+        assert response.status_code == 404
+        assert response.get_json()["state"] == "UNKNOWN"
+    batch = client.post("/jobtastic/status", json={"task_ids": [result.id]}, headers=BOB)
+    assert batch.get_json()["tasks"][result.id]["state"] == "UNKNOWN"
+    assert client.get(f"/jobtastic/events/{result.id}", headers=BOB).status_code == 404
+    cancel = client.post(f"/jobtastic/cancel/{result.id}", headers={**BOB, **POST})
+    assert cancel.status_code == 404
+
+
+def test_unowned_jobs_are_hidden_once_owners_exist_unless_allowed(token):
+    strict = create_app(owner_header="X-User")
+    lenient = create_app(owner_header="X-User", JOBTASTIC_ALLOW_UNOWNED=True)
+    try:
+        with strict.app_context():  # sent outside any request: no owner
+            result = CountedTask.delay_or_fail(token=token, value=1, seconds=0)
+        assert strict.test_client().get(f"/jobtastic/status/{result.id}").status_code == 404
+        assert lenient.test_client().get(f"/jobtastic/status/{result.id}").status_code == 200
+    finally:
+        close_app(strict)
+        close_app(lenient)
+
+
+def test_without_an_owner_loader_ids_alone_read_jobs(app, client, token):
+    with app.app_context():
+        result = CountedTask.delay_or_fail(token=token, value=2, seconds=0)
+    assert client.get(f"/jobtastic/status/{result.id}").status_code == 200
+
+
+def test_cancel_needs_the_header_and_revokes_a_queued_job(owned_app, token):
+    client = owned_app.test_client()
+    with owned_app.test_request_context(headers=ALICE):
+        result = SlowProgressTask.apply_async(kwargs={"token": token}, countdown=30)
+    refused = client.post(f"/jobtastic/cancel/{result.id}", headers=ALICE)
+    assert refused.status_code == 400
+    cancelled = client.post(f"/jobtastic/cancel/{result.id}", headers={**ALICE, **POST})
+    assert cancelled.status_code == 200 and cancelled.get_json()["state"] == "REVOKED"
+    assert client.get(f"/jobtastic/status/{result.id}", headers=ALICE).get_json()["state"] == (
+        "REVOKED"
+    )
+    # the herd key went with it: the same call starts a new job at once
+    again = send_as(owned_app, ALICE, SlowProgressTask, token=token, seconds=0.2)
+    assert again.id != result.id
+
+
+def test_cancel_stops_a_running_job_at_its_next_progress_write(owned_app, token, counter):
+    client = owned_app.test_client()
+    result = send_as(owned_app, ALICE, SlowProgressTask, token=token, seconds=6.0, steps=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if (
+            client.get(f"/jobtastic/status/{result.id}", headers=ALICE).get_json()["state"]
+            == "PROGRESS"
+        ):
+            break
+        time.sleep(0.05)
+    client.post(f"/jobtastic/cancel/{result.id}", headers={**ALICE, **POST})
+    time.sleep(2.0)
+    document = client.get(f"/jobtastic/status/{result.id}", headers=ALICE).get_json()
+    assert document["state"] == "REVOKED"
+    time.sleep(5.0)  # well past when it would have finished
+    assert client.get(f"/jobtastic/status/{result.id}", headers=ALICE).get_json()["state"] == (
+        "REVOKED"
+    )
