@@ -58,7 +58,13 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
     try:
         try:
             view = results.read_job(backend, task_id)
-            document = build_status(task_id, view.meta, expose_errors=expose, detail=view.detail)
+            document = build_status(
+                task_id,
+                view.meta,
+                expose_errors=expose,
+                detail=view.detail,
+                alive=(view.alive is not None) if view.has_side_records else None,
+            )
         except Exception:
             yield _unavailable_event(task_id)
             return
@@ -95,6 +101,24 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
                     if document["ready"]:
                         return
             if time.monotonic() - last_sent_at >= heartbeat:
+                if pubsub is not None:  # no message for a while: is the worker still there?
+                    try:
+                        view = results.read_job(backend, task_id)
+                    except Exception:
+                        yield _unavailable_event(task_id)
+                        return
+                    document = build_status(
+                        task_id,
+                        view.meta,
+                        expose_errors=expose,
+                        detail=view.detail,
+                        alive=(view.alive is not None) if view.has_side_records else None,
+                    )
+                    if document != last:
+                        yield format_event(document)
+                        last = document
+                        if document["ready"]:
+                            return
                 yield ": heartbeat\n\n"
                 last_sent_at = time.monotonic()
     finally:

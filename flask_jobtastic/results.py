@@ -52,7 +52,9 @@ def side_key(kind: str, task_id: str) -> str:
     return f"jobtastic-{kind}-{task_id}"
 
 
-def write_side(backend: Any, kind: str, task_id: str, value: dict[str, Any]) -> bool:
+def write_side(
+    backend: Any, kind: str, task_id: str, value: dict[str, Any], expires: int | None = None
+) -> bool:
     """Store a small JSON record beside the task meta, with the same expiry.
 
     Only key-value backends (Redis, memcached, in-memory) can hold it; on
@@ -60,8 +62,18 @@ def write_side(backend: Any, kind: str, task_id: str, value: dict[str, Any]) -> 
     """
     if not isinstance(backend, KeyValueStoreBackend):
         return False
-    backend.set(side_key(kind, task_id), json.dumps(value, separators=(",", ":")))
+    encoded = json.dumps(value, separators=(",", ":"))
+    if expires is not None and _accepts_expires(backend):
+        backend.set(side_key(kind, task_id), encoded, expires=expires)
+    else:
+        backend.set(side_key(kind, task_id), encoded)
     return True
+
+
+def _accepts_expires(backend: Any) -> bool:
+    from celery.backends.redis import RedisBackend
+
+    return isinstance(backend, RedisBackend)
 
 
 @dataclass
@@ -71,6 +83,9 @@ class JobView:
     meta: dict[str, Any]
     job: dict[str, Any] | None = None
     detail: dict[str, Any] | None = None
+    alive: dict[str, Any] | None = None
+    #: False when the backend cannot hold side records, so "alive" means nothing.
+    has_side_records: bool = False
 
 
 def read_job(backend: Any, task_id: str) -> JobView:
@@ -90,6 +105,7 @@ def read_jobs(backend: Any, task_ids: Iterable[str]) -> dict[str, JobView]:
                 backend.get_key_for_task(task_id),
                 side_key("job", task_id),
                 side_key("detail", task_id),
+                side_key("alive", task_id),
             ]
         try:
             values = backend.mget(keys)
@@ -103,13 +119,15 @@ def read_jobs(backend: Any, task_ids: Iterable[str]) -> dict[str, JobView]:
                 raw = list(values)
             views: dict[str, JobView] = {}
             for index, task_id in enumerate(ids):
-                meta_raw, job_raw, detail_raw = raw[3 * index : 3 * index + 3]
+                meta_raw, job_raw, detail_raw, alive_raw = raw[4 * index : 4 * index + 4]
                 meta = (
                     backend.decode_result(meta_raw)
                     if meta_raw
                     else {"status": celery_states.PENDING, "result": None}
                 )
-                views[task_id] = JobView(meta, _json(job_raw), _json(detail_raw))
+                views[task_id] = JobView(
+                    meta, _json(job_raw), _json(detail_raw), _json(alive_raw), True
+                )
             return views
     return {task_id: JobView(backend.get_task_meta(task_id)) for task_id in ids}
 

@@ -73,12 +73,14 @@ def build_status(
     *,
     expose_errors: bool = False,
     detail: Mapping[str, Any] | None = None,
+    alive: bool | None = None,
 ) -> dict[str, Any]:
     """Turn a result-backend meta into the status document.
 
     ``meta`` is what ``backend.get_task_meta`` returns; ``None`` or a meta
     without a ``task_id`` (Celery's placeholder for "nothing stored") means
-    no store knows the job: state ``UNKNOWN``.
+    no store knows the job: state ``UNKNOWN``. ``alive=False`` says the
+    worker's heartbeat marker is gone: a job still "running" is then lost.
     """
     if not meta or "task_id" not in meta:
         return {
@@ -90,6 +92,23 @@ def build_status(
         }
     state = str(meta.get("status") or states.PENDING)
     info = meta.get("result")
+    if alive is False and state in (states.PROGRESS, states.STARTED):
+        # the worker stopped renewing its marker: it died mid-job
+        return {
+            "task_id": task_id,
+            "state": states.FAILURE,
+            "ready": True,
+            "progress_percent": _clamp_percent(
+                info.get("progress_percent", 0) if isinstance(info, Mapping) else 0
+            ),
+            "time_remaining": NO_ESTIMATE,
+            "error": {
+                "type": "WorkerLost",
+                "message": "The worker running this job stopped unexpectedly. "
+                "Please start it again.",
+                "error_id": error_id_for(task_id),
+            },
+        }
     document: dict[str, Any] = {
         "task_id": task_id,
         "state": state,

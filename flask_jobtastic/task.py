@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from . import cache as cache_ops
 from . import keys, results, signals, states
 from .counts import ItemCounter
 from .errors import BrokerUnavailable, ResultNotSerializable
+from .heartbeat import MIN_TIMEOUT, heartbeat
 from .progress import ProgressMeter
 from .status import error_id_for
 from .steps import StepRecorder
@@ -488,7 +490,6 @@ class JobtasticTask(Task):
         local.counter = ItemCounter(max_items=self.max_messages)
         local.details_used = bool(self.steps)
         local.herd_key = None
-        local.herd_renewed_at = monotonic()
         local.tracked = bool(
             task_id
             and state is not None
@@ -502,6 +503,8 @@ class JobtasticTask(Task):
                 local.herd_key = None
         if local.tracked:
             state.registry_call("record_state", task_id, "running", progress=0.0)
+        if task_id and state is not None:
+            self._start_heartbeat(state, task_id, local.herd_key)
         failure: BaseException | None = None
         try:
             if task_id:
@@ -529,9 +532,30 @@ class JobtasticTask(Task):
             failure = exc
             raise
         finally:
+            if task_id:
+                heartbeat.remove(task_id)
             if task_id and local.details_used:
                 self._save_details(local, failure)
             local.meter = None
+
+    def _start_heartbeat(self, state: JobtasticState, task_id: str, herd: str | None) -> None:
+        """Mark the job alive now and keep it (and its herd key) alive while it runs."""
+        timeout = max(float(self.herd_avoidance_timeout or 0), MIN_TIMEOUT)
+        backend = self.backend
+        cache = state.cache_backend
+
+        def renew() -> None:
+            results.write_side(
+                backend, "alive", task_id, {"at": time.time()}, expires=int(timeout) + 1
+            )
+            if herd:
+                cache_ops.refresh_herd_key(cache, herd, task_id, int(timeout))
+
+        try:
+            renew()
+        except Exception:
+            logger.warning("Could not mark job %s alive", task_id, exc_info=True)
+        heartbeat.add(task_id, timeout, renew)
 
     def _save_details(self, local: threading.local, failure: BaseException | None) -> None:
         """Keep steps, messages and counts readable after the job ended."""
@@ -571,7 +595,6 @@ class JobtasticTask(Task):
             state = getattr(self.app, "_flask_jobtastic_state", None)
             if state is not None:
                 state.registry_call("record_progress", task_id, meta["progress_percent"])
-        self._renew_herd_claim(local)
 
     def _stop_revoked(self, local: threading.local) -> None:
         """End a running job that was cancelled: REVOKED, not SUCCESS or FAILURE."""
@@ -688,20 +711,6 @@ class JobtasticTask(Task):
         """Count one item as done or failed."""
         self._counter().track(is_success, item)
         self._flush_details(urgent=False)
-
-    def _renew_herd_claim(self, local: threading.local) -> None:
-        """Keep the herd key alive while the job makes progress."""
-        herd = getattr(local, "herd_key", None)
-        timeout = int(self.herd_avoidance_timeout or 0)
-        if not herd or timeout <= 0:
-            return
-        now = monotonic()
-        if now - local.herd_renewed_at < timeout / 3:
-            return
-        local.herd_renewed_at = now
-        state = getattr(self.app, "_flask_jobtastic_state", None)
-        if state is not None:
-            cache_ops.refresh_herd_key(state.cache_backend, herd, local.task_id, timeout)
 
     # -- Celery's hooks --------------------------------------------------------
 

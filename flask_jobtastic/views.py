@@ -226,9 +226,28 @@ def my_jobs() -> Any:
             records = state.registry.jobs_of(owner, states=wanted)
         else:
             records = state.registry.for_display(owner, recent_seconds=state.registry.seen_ttl)
+        records = _settle_lost(state, records)
     except Exception:
         return _unavailable()
     return _no_store(jsonify({"jobs": [record.to_dict() for record in records]}))
+
+
+def _settle_lost(state: Any, records: list[Any]) -> list[Any]:
+    """Running records whose worker died are failed, not running forever."""
+    running = [record.id for record in records if record.state == "running"]
+    if not running:
+        return records
+    views = results.read_jobs(state.celery.backend, running)
+    settled = []
+    for record in records:
+        view = views.get(record.id)
+        if (
+            view is not None
+            and _document(state, record.id, view).get("error", {}).get("type") == "WorkerLost"
+        ):
+            record = state.registry_call("record_state", record.id, "failed") or record
+        settled.append(record)
+    return settled
 
 
 def mark_seen(task_id: str) -> Any:

@@ -1,0 +1,75 @@
+"""Keep running jobs' claims alive from one thread per worker process.
+
+While a job runs, its herd key and its ``alive`` marker in the result
+backend are renewed every third of ``herd_avoidance_timeout``, whether or
+not the job reports progress. When the worker dies (SIGKILL, OOM, a lost
+machine), renewal stops: the herd key expires so the next identical call
+computes again, and the missing marker lets the status endpoint report the
+job as lost instead of "running" forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+logger = logging.getLogger("flask_jobtastic")
+
+#: Shortest life of a claim, so a tiny timeout cannot make renewals spin.
+MIN_TIMEOUT = 2.0
+
+
+@dataclass
+class _Claim:
+    renew: Callable[[], None]
+    every: float
+    next_at: float
+
+
+class Heartbeat:
+    """Renews registered claims on a daemon thread; one per process."""
+
+    def __init__(self) -> None:
+        self._claims: dict[str, _Claim] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, task_id: str, timeout: float, renew: Callable[[], None]) -> None:
+        """Renew ``renew()`` every ``timeout / 3`` seconds until ``remove``."""
+        every = max(timeout, MIN_TIMEOUT) / 3
+        with self._lock:
+            self._claims[task_id] = _Claim(renew, every, time.monotonic() + every)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="jobtastic-heartbeat", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def remove(self, task_id: str) -> None:
+        with self._lock:
+            self._claims.pop(task_id, None)
+
+    def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                due = [(tid, c) for tid, c in self._claims.items() if c.next_at <= now]
+                for _, claim in due:
+                    claim.next_at = now + claim.every
+                wait = min((c.next_at for c in self._claims.values()), default=now + 5) - now
+            for task_id, claim in due:
+                try:
+                    claim.renew()
+                except Exception:
+                    logger.warning("Could not renew the claim of job %s", task_id, exc_info=True)
+            self._wake.wait(max(wait, 0.05))
+            self._wake.clear()
+
+
+#: The process's heartbeat (Celery's prefork children each get their own thread).
+heartbeat = Heartbeat()
