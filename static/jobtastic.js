@@ -559,8 +559,89 @@
     };
   }
 
+  // ---- the "my jobs" list (templates/jobtastic/jobs.html) ------------------------------
+
+  const JOB_LABELS = {
+    queued: "Queued", running: "Running", succeeded: "Done", failed: "Failed",
+    revoked: "Cancelled", retrying: "Retrying",
+  };
+
+  /** Keep a `.jobtastic-jobs` list in step with GET <prefix>/jobs; one bar per job. */
+  function watchJobs(section, options) {
+    section = resolve(section);
+    if (!section || section.__jobtasticJobs) return null;
+    const opts = Object.assign({interval: 3000}, options);
+    const url = section.getAttribute("data-jobtastic-jobs-url") || settings.urlPrefix + "/jobs";
+    const seenTemplate = section.getAttribute("data-jobtastic-seen-url") || "";
+    const list = section.querySelector(".jobtastic-jobs-list");
+    const empty = section.querySelector(".jobtastic-jobs-empty");
+    let timer = null;
+    let stopped = false;
+
+    function itemFor(job) {
+      let item = list.querySelector('[data-job-id="' + CSS.escape(job.id) + '"]');
+      if (!item) {
+        item = document.createElement("li");
+        item.setAttribute("data-job-id", job.id);
+        const title = document.createElement("div");
+        title.className = "jobtastic-job-title";
+        const bar = document.createElement("div");
+        bar.className = "jobtastic";
+        bar.setAttribute("data-jobtastic-task-id", job.id);
+        item.append(title, bar);
+        list.prepend(item);
+        track(bar, {taskId: job.id});
+      }
+      return item;
+    }
+
+    function render(jobs) {
+      const keep = new Set(jobs.map((job) => job.id));
+      for (const item of Array.from(list.children)) {
+        if (!keep.has(item.getAttribute("data-job-id"))) item.remove();
+      }
+      for (const job of jobs.slice().reverse()) {
+        const item = itemFor(job);
+        item.className = "jobtastic-job jobtastic-job-" + job.state;
+        item.querySelector(".jobtastic-job-title").textContent =
+          (job.description || job.task_name) + " · " + (JOB_LABELS[job.state] || job.state);
+        let dismiss = item.querySelector(".jobtastic-job-dismiss");
+        if (job.finished && !job.seen && seenTemplate && !dismiss) {
+          dismiss = document.createElement("button");
+          dismiss.type = "button";
+          dismiss.className = "jobtastic-job-dismiss";
+          dismiss.textContent = "Dismiss";
+          dismiss.addEventListener("click", () => {
+            const seenUrl = seenTemplate.replace("00000000-0000-0000-0000-000000000000", job.id);
+            fetch(seenUrl, {
+              method: "POST", credentials: "same-origin",
+              headers: {"X-Requested-With": "jobtastic", "Accept": "application/json"},
+            }).then(() => { item.remove(); refresh(); });
+          });
+          item.append(dismiss);
+        }
+      }
+      if (empty) empty.hidden = jobs.length > 0;
+    }
+
+    function refresh() {
+      clearTimeout(timer);
+      return fetch(url, {credentials: "same-origin", cache: "no-store",
+                         headers: {"Accept": "application/json"}})
+        .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+        .then((body) => render(body.jobs || []))
+        .catch(() => {})
+        .then(() => { if (!stopped) timer = setTimeout(refresh, opts.interval); });
+    }
+
+    section.__jobtasticJobs = {refresh, stop() { stopped = true; clearTimeout(timer); }};
+    refresh();
+    return section.__jobtasticJobs;
+  }
+
   const Jobtastic = {
     version: "0.1.0", settings, configure, track, scan, formatDuration, registerJQuery, Tracker,
+    watchJobs,
     get: (target) => trackers.get(resolve(target)) || null,
   };
   window.Jobtastic = Jobtastic;
@@ -568,7 +649,9 @@
 
   function autoInit() {
     registerJQuery();
-    if (settings.autoInit) scan(document);
+    if (!settings.autoInit) return;
+    scan(document);
+    document.querySelectorAll(".jobtastic-jobs").forEach((section) => watchJobs(section));
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", autoInit);
   else setTimeout(autoInit, 0);
