@@ -195,3 +195,47 @@ class TrackedTask(JobtasticTask):
         if fail:
             raise JobFailed("tracked job failed on purpose")
         return token
+
+
+class CachedProgressTask(JobtasticTask):
+    """Reports progress over ``seconds``, counts its runs; its result is cached for a minute."""
+
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+    cache_duration = 60
+
+    def calculate_result(self, token: str, seconds: float = 3.0, steps: int = 30) -> str:
+        count_run(token)
+        for i in range(steps):
+            time.sleep(seconds / steps)
+            self.update_progress(i + 1, steps)
+        return token
+
+
+class ShortHerdTask(JobtasticTask):
+    """A tracked job whose claim lapses 3 s after its worker dies; counts its runs."""
+
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 3
+    track_state = True
+    description = "A job with a short herd timeout"
+
+    def calculate_result(self, token: str, seconds: float = 10.0) -> str:
+        count_run(token)
+        steps = max(1, round(seconds / 0.1))
+        for i in range(steps):
+            time.sleep(seconds / steps)
+            self.update_progress(i + 1, steps)
+        return token
+
+
+class SoakTask(JobtasticTask):
+    """A small job with progress, for the soak run: returns n squared."""
+
+    significant_kwargs = ["n", "salt"]
+    herd_avoidance_timeout = 60
+
+    def calculate_result(self, n: int, salt: str) -> int:
+        for i in range(10):
+            self.update_progress(i + 1, 10)
+        return n * n
