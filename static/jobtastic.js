@@ -37,7 +37,7 @@
     transport: "auto", // "auto" | "events" | "polling"
     pollInterval: 1000, // ms between two polls
     maxPollInterval: 10000, // ms, the ceiling of the backoff
-    maxConsecutiveErrors: 5, // failed polls before the error state and onError
+    maxConsecutiveErrors: 3, // failed polls before the error state and onError
     unknownRetries: 3, // a job just sent may not be recorded yet
     cancelButton: false,
     theme: "plain", // "plain" | "bootstrap" (Bootstrap 5 classes)
@@ -215,6 +215,10 @@
       };
       es.addEventListener("status", onMessage);
       es.addEventListener("message", onMessage);
+      // The server lost its result backend: polling shows the outage and recovers.
+      es.addEventListener("unavailable", () => {
+        if (this._es === es) this._startPolling(0);
+      });
       es.addEventListener("error", () => {
         if (this._es !== es) return;
         // The browser may reconnect once after a stream that worked; otherwise poll.

@@ -1,0 +1,645 @@
+"""Real-browser tests of the progress widget, driving Debian's Chromium with Playwright.
+
+The demo app (``python -m example_app``) runs as a real subprocess in its embedded mode
+(in-memory broker and results, a worker thread in the web process), and each test
+checks what a person would see: the bar, its text, its state classes and ARIA values.
+``pytest -s`` prints the latency figures of the event stream and of polling, which are
+also written to ``test-artifacts/browser-latency.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests.conftest import ARTIFACTS, ROOT
+from tests.servers import free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+#: Longest wait for anything a job does (the longest demo job takes about 15 s).
+JOB_TIMEOUT_MS = 30_000
+
+#: Environment variables that would take the demo out of its embedded mode.
+_SERVER_ENV = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "MEMCACHED_SERVERS", "PORT")
+
+#: Installed in every page before its own scripts: a log of the widget's DOM events.
+RECORDER = """
+(() => {
+  window.__jt = [];
+  const types = ["update", "progress", "success", "failure", "error", "finish"];
+  for (const type of types) {
+    document.addEventListener("jobtastic:" + type, (event) => {
+      const el = event.target, tracker = event.detail.tracker, doc = event.detail.document || {};
+      const bar = el.querySelector(".jobtastic-bar"), text = el.querySelector(".jobtastic-text");
+      const data = event.detail.data;
+      window.__jt.push({
+        type, t: performance.now(), id: el.id || null, state: doc.state || null,
+        pct: doc.progress_percent == null ? null : doc.progress_percent,
+        now: bar ? bar.getAttribute("aria-valuenow") : null,
+        text: text ? text.textContent : null, transport: tracker.transport,
+        steps: Array.isArray(doc.steps) ? doc.steps.map((s) => [s.key, s.state]) : [],
+        errorType: type === "error" && data ? data.type : null,
+      });
+    });
+  }
+})();
+"""
+
+#: The least of jQuery the widget needs: $(el), $.fn, .each, .data and $.data.
+JQUERY_STUB = """
+(() => {
+  const store = new WeakMap();
+  function jQuery(selector) {
+    const els = typeof selector === "string"
+      ? Array.from(document.querySelectorAll(selector)) : [selector];
+    const set = Object.create(jQuery.fn);
+    els.forEach((el, i) => { set[i] = el; });
+    set.length = els.length;
+    return set;
+  }
+  jQuery.fn = {
+    each(fn) {
+      for (let i = 0; i < this.length; i++) fn.call(this[i], i, this[i]);
+      return this;
+    },
+    data(key) {
+      const values = this.length ? store.get(this[0]) : null;
+      return values ? values[key] : undefined;
+    },
+  };
+  jQuery.data = (el, key, value) => {
+    let values = store.get(el);
+    if (!values) store.set(el, (values = {}));
+    if (value !== undefined) values[key] = value;
+    return values[key];
+  };
+  window.__jqueryStub = true;
+  window.jQuery = window.$ = jQuery;
+})();
+"""
+
+
+# -- the demo app as a real server ---------------------------------------------------
+
+
+class DemoServer:
+    """``python -m example_app --port N`` in embedded mode, logging to test-artifacts."""
+
+    def __init__(self, name: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = ARTIFACTS / f"browser-{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in _SERVER_ENV}
+        env["PYTHONUNBUFFERED"] = "1"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "example_app", "--port", str(self.port)],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the demo app exited early:\n{self.log_text()}")
+            try:
+                with urllib.request.urlopen(self.url + "/", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"the demo app did not answer within {timeout} s:\n{self.log_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: the server goes away as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return "(no log)"
+
+
+@pytest.fixture(scope="module")
+def demo_server() -> Iterator[DemoServer]:
+    server = DemoServer("demo")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_server() -> Iterator[DemoServer]:
+    """A demo server of this test's own, which it may kill."""
+    server = DemoServer("server-goes-away")
+    server.start()
+    yield server
+    server.kill()
+
+
+# -- the browser ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests drive Debian's Chromium. "
+            "Install it with scripts/system-deps.sh (as root) or `sudo apt-get install chromium`."
+        )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+NewPage = Callable[..., Page]
+
+
+@pytest.fixture
+def new_page(chromium: Browser, demo_server: DemoServer) -> Iterator[NewPage]:
+    """Open a page in a fresh context (own cookies, so own demo visitor id)."""
+    contexts: list[BrowserContext] = []
+
+    def open_page(*, base_url: str | None = None, init_script: str | None = None) -> Page:
+        context = chromium.new_context(
+            base_url=base_url or demo_server.url, viewport={"width": 1000, "height": 720}
+        )
+        context.set_default_timeout(JOB_TIMEOUT_MS)
+        context.add_init_script(RECORDER)
+        if init_script:
+            context.add_init_script(init_script)
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def has_class(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(^|\s){re.escape(name)}(\s|$)")
+
+
+def unique_division() -> dict[str, Any]:
+    """Numbers nobody divided yet, so the job is not answered from the cache."""
+    rng = random.Random(uuid.uuid4().int)
+    count = 60
+    return {
+        "numerators": [rng.randint(1, 10**9) for _ in range(count)],
+        "denominators": [rng.randint(1, 97) for _ in range(count)],
+    }
+
+
+def api_start(page: Page, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``POST /api/start/<kind>`` with the page's cookies (so the page may see the job)."""
+    response = page.request.post(
+        f"/api/start/{kind}", data=body, headers={"X-Requested-With": "fetch"}
+    )
+    assert response.ok, f"start {kind}: HTTP {response.status} {response.text()}"
+    info: dict[str, Any] = response.json()
+    return info
+
+
+def wait_for_state(page: Page, task_id: str, state: str, timeout: float = 30.0) -> dict[str, Any]:
+    """Poll the status endpoint (with the page's cookies) until the job is final."""
+    deadline = time.monotonic() + timeout
+    document: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = page.request.get(f"/jobtastic/status/{task_id}")
+        document = response.json()
+        if document.get("ready"):
+            break
+        time.sleep(0.2)
+    assert document.get("state") == state, f"job {task_id} ended as {document}"
+    return document
+
+
+def add_bar(page: Page, element_id: str) -> None:
+    """A fresh, empty element on the page to track a job with."""
+    page.evaluate(
+        """(id) => {
+            const el = document.createElement("div");
+            el.id = id;
+            el.className = "jobtastic";
+            (document.querySelector("main") || document.body).prepend(el);
+        }""",
+        element_id,
+    )
+
+
+def recorded(page: Page, element_id: str | None = None) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = page.evaluate("window.__jt")
+    return [r for r in records if element_id is None or r["id"] == element_id]
+
+
+def expect_success(page: Page, selector: str) -> None:
+    bar = page.locator(selector)
+    expect(bar).to_have_class(has_class("jobtastic-state-success"), timeout=JOB_TIMEOUT_MS)
+    expect(bar.locator(".jobtastic-bar")).to_have_attribute("aria-valuenow", "100")
+    expect(bar.locator(".jobtastic-text")).to_have_text("Done")
+    expect(bar.locator(".jobtastic-fill")).to_have_attribute("style", re.compile(r"width:\s*100%"))
+
+
+# -- the tests -----------------------------------------------------------------------
+
+
+def test_division_bar_moves_and_shows_the_result(new_page: NewPage) -> None:
+    page = new_page()
+    page.goto("/")
+    page.click("#start-division")
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}$"))
+    task_id = page.locator("#job-id").inner_text()
+    expect(page.locator("#cache-note")).to_have_attribute("data-outcome", "sent")
+
+    bar = page.locator("#job-bar")
+    progressbar = bar.locator(".jobtastic-bar[role=progressbar]")
+    expect(progressbar).to_have_attribute("aria-valuemin", "0")
+    expect(progressbar).to_have_attribute("aria-valuemax", "100")
+    expect(bar.locator(".jobtastic-text")).to_have_attribute("aria-live", "polite")
+
+    # A running bar, caught once its fill has finished sliding to the value it shows
+    # (the plain theme animates the width for 0.4 s): 20..90 %, "NN% · about … left".
+    page.wait_for_function(
+        """() => {
+            const root = document.querySelector("#job-bar");
+            const bar = root.querySelector(".jobtastic-bar");
+            const fill = root.querySelector(".jobtastic-fill");
+            const text = root.querySelector(".jobtastic-text");
+            const value = Number(bar && bar.getAttribute("aria-valuenow"));
+            if (!root.classList.contains("jobtastic-state-progress")) return false;
+            if (!(value >= 20 && value <= 90) || !/^\\d+% · about /.test(text.textContent)) {
+                return false;
+            }
+            const shown = 100 * fill.getBoundingClientRect().width
+                / bar.getBoundingClientRect().width;
+            return Math.abs(shown - value) < 1.5;
+        }""",
+        timeout=JOB_TIMEOUT_MS,
+    )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "running-bar.png"
+    shot.unlink(missing_ok=True)
+    page.screenshot(path=str(shot))
+    assert shot.is_file() and shot.stat().st_size > 0
+
+    expect_success(page, "#job-bar")
+    assert page.evaluate("Jobtastic.get('#job-bar').taskId") == task_id
+    # The default numbers are n * 37 over n % 7 + 1, for n = 1..60.
+    result = page.locator("#job-result")
+    expect(result).to_contain_text("60 quotients")
+    expect(result.locator("ul.quotients li")).to_have_count(60)
+    expect(result.locator("ul.quotients li").first).to_have_text("18.5")  # 37 / 2
+
+    seen = {int(r["now"]) for r in recorded(page, "job-bar") if r["now"] is not None}
+    running = sorted(v for v in seen if 1 <= v <= 99)
+    assert len(running) >= 2, f"the bar should move through several values, saw {sorted(seen)}"
+    texts = [r["text"] for r in recorded(page, "job-bar") if r["type"] == "update"]
+    assert any(re.match(r"^\d{1,2}% · about .+ left$", t or "") for t in texts), texts
+
+
+def test_double_click_starts_one_job_and_a_repeat_comes_from_cache(new_page: NewPage) -> None:
+    page = new_page()
+    page.goto("/")
+    page.click("#double-click")
+    note = page.locator("#herd-note")
+    expect(note).to_have_attribute("data-same", "true", timeout=15_000)
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("Both requests got job")
+    first_id, second_id = (note.get_attribute("data-task-ids") or "").split()
+    assert first_id == second_id
+    assert sorted((note.get_attribute("data-outcomes") or "").split()) == ["joined", "sent"]
+
+    # Meanwhile, the same division started twice in a row: the second time from cache.
+    body = unique_division()
+    first = api_start(page, "division", body)
+    assert first["outcome"] == "sent" and not first["from_cache"]
+
+    # The double-clicked job's bar (made by the demo's script) finishes too.
+    assert page.evaluate("Jobtastic.get('#double-click-bar').taskId") == first_id
+    expect_success(page, "#double-click-bar")
+    expect(page.locator("#double-click-result .result")).to_contain_text("40 quotients")
+
+    wait_for_state(page, first["task_id"], "SUCCESS")
+    again = api_start(page, "division", body)
+    assert again["task_id"] == first["task_id"]
+    assert again["outcome"] == "cache" and again["from_cache"] is True
+
+    # The job page of the cached answer says so and shows Done at once.
+    page.goto(again["url"])
+    expect(page.locator("#cache-note")).to_have_attribute("data-from-cache", "true")
+    expect(page.locator("#cache-note")).to_contain_text("Answered from cache")
+    expect_success(page, "#job-bar")
+    expect(page.locator("#job-result")).to_contain_text("60 quotients")
+
+
+def test_failing_job_shows_its_message_and_no_traceback(new_page: NewPage) -> None:
+    page = new_page()
+    page.goto("/")
+    page.click("#start-failing")
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}$"))
+    bar = page.locator("#job-bar")
+    expect(bar).to_have_class(has_class("jobtastic-state-failure"), timeout=JOB_TIMEOUT_MS)
+    expect(bar).to_have_class(has_class("jobtastic-finished"))
+    expect(bar.locator(".jobtastic-text")).to_have_text("Row 42: the 'email' column is empty")
+    expect(bar.locator(".jobtastic-bar")).not_to_have_attribute("aria-valuenow", re.compile("."))
+    expect(bar.locator(".jobtastic-cancel")).to_be_hidden()
+    expect(page.locator("#job-result")).to_be_empty()
+    text = page.locator("body").inner_text()
+    html = page.content()
+    for leak in ("Traceback", 'File "', "JobFailed", "calculate_result"):
+        assert leak not in text and leak not in html, f"{leak!r} leaked onto the page"
+    assert [r["type"] for r in recorded(page, "job-bar")][-2:] == ["failure", "finish"]
+
+
+def test_server_going_away_shows_the_connection_error(
+    new_page: NewPage, own_server: DemoServer
+) -> None:
+    page = new_page(base_url=own_server.url)
+    page.goto("/")
+    info = api_start(page, "report", {"region": "east", "year": 2021})
+    assert info["outcome"] == "sent"
+    page.goto(info["url"])
+    page.wait_for_function("() => window.Jobtastic && Jobtastic.get('#job-bar') !== null")
+    page.evaluate(
+        """(taskId) => {
+            Jobtastic.track("#job-bar", {taskId, transport: "polling", pollInterval: 300,
+                                         maxConsecutiveErrors: 2, maxPollInterval: 1000});
+        }""",
+        info["task_id"],
+    )
+    assert page.evaluate("Jobtastic.get('#job-bar').transport") == "polling"
+    bar = page.locator("#job-bar")
+    expect(bar).to_have_class(has_class("jobtastic-state-progress"), timeout=JOB_TIMEOUT_MS)
+
+    own_server.kill()
+    killed = time.monotonic()
+    expect(bar).to_have_class(has_class("jobtastic-connection-error"), timeout=10_000)
+    expect(bar.locator(".jobtastic-text")).to_have_text("Can't reach the server, retrying…")
+    noticed = time.monotonic() - killed
+    print(f"\n[browser] server killed: connection error shown after {noticed:.2f} s")
+    errors = [r for r in recorded(page, "job-bar") if r["type"] == "error"]
+    assert errors and errors[0]["errorType"] == "network"
+    # It keeps trying: not finished, still polling.
+    page.wait_for_timeout(1500)
+    expect(bar).not_to_have_class(has_class("jobtastic-finished"))
+    expect(bar).to_have_class(has_class("jobtastic-state-progress"))
+    assert page.evaluate("Jobtastic.get('#job-bar').transport") == "polling"
+
+
+def test_bars_work_without_jquery_and_as_a_jquery_plugin(
+    new_page: NewPage, demo_server: DemoServer
+) -> None:
+    # Without jQuery: the demo's pages load none, and its bars work.
+    plain = new_page()
+    plain.goto("/")
+    assert plain.evaluate("typeof window.jQuery") == "undefined"
+    plain_job = api_start(plain, "division", unique_division())
+    plain.goto(plain_job["url"])
+    assert plain.evaluate("typeof window.jQuery") == "undefined"
+
+    # With a minimal jQuery defined before jobtastic.js runs: $.fn.jobtastic is there.
+    stubbed = new_page(init_script=JQUERY_STUB)
+    stubbed.goto("/")
+    assert stubbed.evaluate("window.__jqueryStub === true")
+    assert stubbed.evaluate("typeof jQuery.fn.jobtastic") == "function"
+    stub_job = api_start(stubbed, "division", unique_division())
+    add_bar(stubbed, "jq-bar")
+    same = stubbed.evaluate(
+        """(taskId) => {
+            const set = $("#jq-bar").jobtastic({taskId});
+            return set.data("jobtastic") === Jobtastic.get("#jq-bar");
+        }""",
+        stub_job["task_id"],
+    )
+    assert same, "$(el).jobtastic(...).data('jobtastic') should be the element's tracker"
+
+    # The real jQuery, when this machine has one (the demo serves it for /?jquery=1).
+    real = None
+    vendor = new_page()
+    probe = vendor.request.get("/vendor/jquery.js")
+    if probe.ok:
+        real = vendor
+        real.goto("/?jquery=1")
+        expect(real.locator("#jquery-note")).to_have_attribute("data-jquery", "loaded")
+        real.wait_for_function("() => window.jQuery && jQuery.fn.jobtastic")
+        real_job = api_start(real, "division", unique_division())
+        add_bar(real, "jq-bar")
+        real.evaluate("(taskId) => { $('#jq-bar').jobtastic({taskId}); }", real_job["task_id"])
+        assert real.evaluate("$('#jq-bar').data('jobtastic') === Jobtastic.get('#jq-bar')")
+    else:
+        print("\n[browser] no local jQuery: the real-jQuery check was not run")
+
+    expect_success(plain, "#job-bar")
+    expect(plain.locator("#job-result")).to_contain_text("60 quotients")
+    expect_success(stubbed, "#jq-bar")
+    if real is not None:
+        expect_success(real, "#jq-bar")
+
+
+def test_event_stream_and_polling_both_reach_success(new_page: NewPage) -> None:
+    page = new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto("/")
+    info = api_start(page, "division", unique_division())
+    task_id = info["task_id"]
+    add_bar(page, "polling-bar")
+    add_bar(page, "events-bar")
+    transports = page.evaluate(
+        """(taskId) => {
+            // The events bar gets a status URL of its own, so a fallback to polling shows.
+            const events = Jobtastic.track("#events-bar", {
+                taskId, transport: "events",
+                statusUrl: "/jobtastic/status/" + taskId + "?via=events"});
+            const polling = Jobtastic.track("#polling-bar", {taskId, transport: "polling"});
+            return [events.transport, polling.transport];
+        }""",
+        task_id,
+    )
+    assert transports == ["events", "polling"]
+    page.wait_for_function(
+        "() => Jobtastic.get('#events-bar').state === 'PROGRESS'", timeout=JOB_TIMEOUT_MS
+    )
+    assert page.evaluate("Jobtastic.get('#events-bar').transport") == "events"
+    assert page.evaluate("Jobtastic.get('#polling-bar').transport") == "polling"
+
+    expect_success(page, "#events-bar")
+    expect_success(page, "#polling-bar")
+    for element_id in ("events-bar", "polling-bar"):
+        records = recorded(page, element_id)
+        assert records[-1]["type"] == "finish" and records[-1]["state"] == "SUCCESS"
+        running = {r["transport"] for r in records if r["type"] == "update"}
+        running.discard(None)  # a finished tracker has stopped listening
+        assert running == {element_id.split("-")[0]}, (element_id, running)
+
+    assert any(f"/jobtastic/events/{task_id}?via=events" in url for url in requests), requests
+    assert not any(f"/jobtastic/status/{task_id}?via=events" in url for url in requests)
+    assert any(url.endswith(f"/jobtastic/status/{task_id}") for url in requests)
+
+
+def test_steps_page_shows_steps_counts_and_my_jobs(new_page: NewPage) -> None:
+    page = new_page()
+    page.goto("/steps")
+    expect(page.locator("#my-jobs .jobtastic-jobs-empty")).to_be_visible()
+    page.click("#start-steps")
+    page.wait_for_url(re.compile(r"/steps\?job=[0-9a-f-]{36}$"))
+    task_id = page.locator("#job-id").inner_text()
+    bar = page.locator("#steps-bar")
+    steps = bar.locator("li.jobtastic-step")
+
+    # Declared steps are listed from the start; the last one is still pending.
+    write = bar.locator('li.jobtastic-step[data-step-key="write"]')
+    expect(write).to_have_class(has_class("jobtastic-step-pending"))
+    expect(write).to_contain_text("Write the summary")
+    expect(bar.locator('li[data-step-key="fetch"]')).to_contain_text("Fetch the orders")
+    expect(bar.locator('li[data-step-key="check"]')).to_contain_text("Check each order")
+    first = next(r for r in recorded(page, "steps-bar") if r["steps"])
+    declared = dict(first["steps"])
+    assert {"fetch", "check", "write"} <= set(declared), first["steps"]
+    assert declared["write"] == "pending", first["steps"]
+    assert declared["check"] in ("pending", "running"), first["steps"]
+
+    # The visitor's job list shows this job while it runs.
+    job_item = page.locator(f'#my-jobs li.jobtastic-job[data-job-id="{task_id}"]')
+    expect(job_item).to_be_visible()
+    expect(job_item).to_contain_text("Check today's orders")
+
+    # Counts appear while the orders are checked.
+    counts = bar.locator(".jobtastic-counts")
+    expect(counts).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(counts).to_have_text(re.compile(r"^\d+ done, \d+ failed, \d+ to go$"))
+
+    expect_success(page, "#steps-bar")
+    expect(steps).to_have_count(4)
+    for key in ("fetch", "check", "write"):
+        expect(bar.locator(f'li[data-step-key="{key}"]')).to_have_class(
+            has_class("jobtastic-step-done")
+        )
+    retry = bar.locator('li[data-step-key="retry"]')
+    expect(retry).to_have_class(has_class("jobtastic-step-failed"))
+    expect(retry).to_contain_text("Retry the failed ones")
+    expect(retry.locator(".jobtastic-step-error")).to_have_text(
+        "ConnectionError: The payment service did not answer"
+    )
+    expect(counts).to_have_text("21 done, 3 failed, 0 to go")
+    expect(bar.locator(".jobtastic-log li").last).to_contain_text("Summary written")
+    expect(page.locator("#job-result")).to_contain_text("21 of 24 orders passed")
+    expect(bar).to_have_attribute("data-seen", "true")
+    expect(job_item).to_be_visible()
+    expect(job_item.locator(".jobtastic")).to_have_class(has_class("jobtastic-state-success"))
+
+
+def _intervals(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+def _ms(values: list[float], how: Callable[[list[float]], float]) -> str:
+    return f"{how(values):.0f} ms" if values else "n/a"
+
+
+def test_measure_event_stream_and_polling_latency(new_page: NewPage) -> None:
+    """Not a timing assertion: figures for the lead, printed and saved to a file."""
+    page = new_page()
+    page.goto("/")
+    info = api_start(page, "report", {"region": "west", "year": 2019})
+    assert info["outcome"] == "sent"
+    add_bar(page, "polling-bar")
+    add_bar(page, "events-bar")
+    page.evaluate(
+        """(taskId) => {
+            Jobtastic.track("#events-bar", {taskId, transport: "events"});
+            Jobtastic.track("#polling-bar", {taskId, transport: "polling"});
+        }""",
+        info["task_id"],
+    )
+    expect_success(page, "#events-bar")
+    expect_success(page, "#polling-bar")
+
+    arrivals: dict[str, dict[float, float]] = {}
+    lines = [
+        "Progress updates reaching the page: event stream vs polling (default 1000 ms),",
+        "one CSV report job (~15 s, a progress write every 0.5 s at most), both bars on",
+        "one page of the embedded demo app (the stream polls the in-memory backend",
+        "every 0.25 s server-side).",
+    ]
+    for transport in ("events", "polling"):
+        first_seen: dict[float, float] = {}
+        for r in recorded(page, f"{transport}-bar"):
+            if r["type"] == "progress" and r["pct"] is not None:
+                first_seen.setdefault(float(r["pct"]), r["t"])
+        arrivals[transport] = first_seen
+        times = sorted(first_seen.values())
+        gaps = _intervals(times)
+        lines.append(
+            f"{transport:>8}: {len(first_seen)} distinct progress values; interval between "
+            f"updates median {_ms(gaps, statistics.median)}, max {_ms(gaps, max)}"
+        )
+    common = sorted(set(arrivals["events"]) & set(arrivals["polling"]))
+    lags = [arrivals["polling"][p] - arrivals["events"][p] for p in common]
+    missed = len(set(arrivals["events"]) - set(arrivals["polling"]))
+    lines.append(
+        f"polling behind the stream, per value both saw ({len(common)}): median "
+        f"{_ms(lags, statistics.median)}, max {_ms(lags, max)}, min {_ms(lags, min)}; "
+        f"values polling never saw: {missed}"
+    )
+    done = {
+        t: next(r["t"] for r in recorded(page, f"{t}-bar") if r["type"] == "success")
+        for t in ("events", "polling")
+    }
+    lines.append(
+        f"SUCCESS shown by polling {done['polling'] - done['events']:.0f} ms after the stream"
+    )
+    report = "\n".join(lines)
+    print("\n" + report)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "browser-latency.txt").write_text(report + "\n")
+    (ARTIFACTS / "browser-latency.json").write_text(json.dumps(arrivals, indent=1) + "\n")
+    assert arrivals["events"] and arrivals["polling"]
