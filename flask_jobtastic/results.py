@@ -25,26 +25,96 @@ def is_valid_task_id(task_id: str) -> bool:
     return bool(_UUID.match(task_id))
 
 
-def record_queued(backend: Any, task_id: str, info: dict[str, Any]) -> None:
-    """Store a PENDING meta before the message is sent.
+def _meta(task_id: str, state: str, info: dict[str, Any]) -> dict[str, Any]:
+    """Celery's task-meta shape, as ``store_result`` would write it."""
+    return {
+        "status": state,
+        "result": info,
+        "traceback": None,
+        "children": [],
+        "date_done": None,
+        "task_id": task_id,
+    }
+
+
+def _write(backend: Any, records: list[tuple[Any, str, bool, int | None]]) -> None:
+    """Write ``(key, value, publish, expires)`` records in one round trip on Redis.
+
+    Celery's ``store_result`` first reads the meta back (to never overwrite a
+    SUCCESS); our own writes happen before the job's result exists, so they
+    skip that read, and go out as one pipeline.
+    """
+    from celery.backends.redis import RedisBackend
+
+    if isinstance(backend, RedisBackend):
+        default = backend.expires
+        with backend.client.pipeline(transaction=False) as pipe:
+            for key, value, publish, expires in records:
+                ttl = expires if expires is not None else default
+                if ttl:
+                    pipe.set(key, value, ex=int(ttl))
+                else:
+                    pipe.set(key, value)
+                if publish:
+                    pipe.publish(key, value)
+            pipe.execute()
+        return
+    for key, value, _publish, _expires in records:
+        backend.set(key, value)
+
+
+def record_queued(
+    backend: Any, task_id: str, info: dict[str, Any], job: dict[str, Any] | None = None
+) -> None:
+    """Store a PENDING meta (and the ``job`` side record) before the message is sent.
 
     It lets the status endpoint tell a queued job (PENDING) from an id no one
-    has heard of (UNKNOWN). Written before publishing, so it can never
-    overwrite the worker's first PROGRESS.
+    has heard of (UNKNOWN), and know the job's owner. Written before
+    publishing, so it can never overwrite the worker's first PROGRESS.
     """
     info = {"queued_at": time.time(), **info}
-    if isinstance(backend, KeyValueStoreBackend):
-        meta = {
-            "status": celery_states.PENDING,
-            "result": info,
-            "traceback": None,
-            "children": [],
-            "date_done": None,
-            "task_id": task_id,
-        }
-        backend.set(backend.get_key_for_task(task_id), backend.encode(meta))
-    else:
+    if not isinstance(backend, KeyValueStoreBackend):
         backend.store_result(task_id, info, celery_states.PENDING)
+        return
+    records = [
+        (
+            backend.get_key_for_task(task_id),
+            backend.encode(_meta(task_id, celery_states.PENDING, info)),
+            True,
+            None,
+        )
+    ]
+    if job is not None:
+        records.append((side_key("job", task_id), _dumps(job), False, None))
+    _write(backend, records)
+
+
+def write_progress(
+    backend: Any, task_id: str, info: dict[str, Any], alive_for: int | None = None
+) -> bool:
+    """Store PROGRESS meta (and, with ``alive_for``, the alive marker) in one round trip.
+
+    Returns False on backends that are not key-value stores; the caller then
+    uses Celery's ``update_state``.
+    """
+    if not isinstance(backend, KeyValueStoreBackend):
+        return False
+    records = [
+        (
+            backend.get_key_for_task(task_id),
+            backend.encode(_meta(task_id, "PROGRESS", info)),
+            True,
+            None,
+        )
+    ]
+    if alive_for is not None:
+        records.append((side_key("alive", task_id), _dumps({"at": time.time()}), False, alive_for))
+    _write(backend, records)
+    return True
+
+
+def _dumps(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def side_key(kind: str, task_id: str) -> str:

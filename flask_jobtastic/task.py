@@ -326,12 +326,11 @@ class JobtasticTask(Task):
                 return self.AsyncResult(winner)
         owner = state.current_owner()
         try:
-            results.record_queued(self.backend, task_id, {})
-            results.write_side(
+            results.record_queued(
                 self.backend,
-                "job",
                 task_id,
-                {
+                {},
+                job={
                     "owner": owner,
                     "herd_key": herd_key if herd_avoidance else None,
                     "name": self.name,
@@ -496,9 +495,11 @@ class JobtasticTask(Task):
             and state.registry is not None
             and (self.track_state or getattr(self.request, "jobtastic_track", False))
         )
-        if task_id and self.herd_avoidance_timeout:
+        local.cache_key = None
+        if task_id:
             try:
-                local.herd_key = keys.herd_key(self.cache_key_for(tuple(args), dict(kwargs)))
+                local.cache_key = self.cache_key_for(tuple(args), dict(kwargs))
+                local.herd_key = keys.herd_key(local.cache_key)
             except TypeError:
                 local.herd_key = None
         if local.tracked:
@@ -508,7 +509,7 @@ class JobtasticTask(Task):
         failure: BaseException | None = None
         try:
             if task_id:
-                self._write_progress(meter.record(0, 1, monotonic()))
+                self._write_progress(meter.record(0, 1, monotonic()), alive=True)
             start = _rss() if self.memleak_threshold >= 0 else 0
             result = self.calculate_result(*args, **kwargs)
             if self.memleak_threshold >= 0:
@@ -539,23 +540,25 @@ class JobtasticTask(Task):
             local.meter = None
 
     def _start_heartbeat(self, state: JobtasticState, task_id: str, herd: str | None) -> None:
-        """Mark the job alive now and keep it (and its herd key) alive while it runs."""
-        timeout = max(float(self.herd_avoidance_timeout or 0), MIN_TIMEOUT)
+        """Keep the job's alive marker and herd key fresh while it runs.
+
+        The first PROGRESS write sets the marker (same round trip); the herd
+        key was just placed with a full timeout at send time.
+        """
+        timeout = self._alive_for()
         backend = self.backend
         cache = state.cache_backend
 
         def renew() -> None:
-            results.write_side(
-                backend, "alive", task_id, {"at": time.time()}, expires=int(timeout) + 1
-            )
+            results.write_side(backend, "alive", task_id, {"at": time.time()}, expires=timeout)
             if herd:
-                cache_ops.refresh_herd_key(cache, herd, task_id, int(timeout))
+                cache_ops.refresh_herd_key(cache, herd, task_id, timeout)
 
-        try:
-            renew()
-        except Exception:
-            logger.warning("Could not mark job %s alive", task_id, exc_info=True)
         heartbeat.add(task_id, timeout, renew)
+
+    def _alive_for(self) -> int:
+        """Seconds the alive marker and a renewed herd key live without renewal."""
+        return int(max(float(self.herd_avoidance_timeout or 0), MIN_TIMEOUT)) + 1
 
     def _save_details(self, local: threading.local, failure: BaseException | None) -> None:
         """Keep steps, messages and counts readable after the job ended."""
@@ -573,7 +576,7 @@ class JobtasticTask(Task):
             details.update(local.counter.snapshot())
         return details
 
-    def _write_progress(self, meta: dict[str, Any]) -> None:
+    def _write_progress(self, meta: dict[str, Any], alive: bool = False) -> None:
         """Write PROGRESS meta; a result-backend blip must not kill the job.
 
         Also the job's moment to notice a cancel: a revoked job stops at its
@@ -588,7 +591,11 @@ class JobtasticTask(Task):
         if local.details_used:
             meta = {**meta, **self._details(local)}
         try:
-            self.update_state(task_id=task_id, state=states.PROGRESS, meta=meta)
+            written = results.write_progress(
+                self.backend, task_id, meta, self._alive_for() if alive else None
+            )
+            if not written:
+                self.update_state(task_id=task_id, state=states.PROGRESS, meta=meta)
         except Exception:
             logger.warning("Could not write progress of job %s", task_id, exc_info=True)
         if local.tracked:
@@ -735,11 +742,11 @@ class JobtasticTask(Task):
         state = getattr(self.app, "_flask_jobtastic_state", None)
         if state is None:
             return
-        try:
-            key = keys.result_key(self.cache_key_for(tuple(args or ()), dict(kwargs or {})))
-        except TypeError:
-            return
-        cache_ops.cache_set(state.cache_backend, key, task_id, self.cache_duration)
+        cache_key = self._run_cache_key(task_id, args, kwargs)
+        if cache_key is not None:
+            cache_ops.cache_set(
+                state.cache_backend, keys.result_key(cache_key), task_id, self.cache_duration
+            )
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -761,7 +768,19 @@ class JobtasticTask(Task):
     ) -> None:
         """Release the herd key once the job is over, whatever the outcome."""
         if status in states.READY_STATES:
-            release_herd_key(self, task_id, args, kwargs)
+            cache_key = self._run_cache_key(task_id, args, kwargs)
+            if cache_key is not None:
+                release_herd_key_by_key(self, keys.herd_key(cache_key), task_id)
+
+    def _run_cache_key(self, task_id: str, args: Any, kwargs: Any) -> str | None:
+        """The cache key of this run: computed once in ``run``, else from the arguments."""
+        local = self._local
+        if getattr(local, "task_id", None) == task_id and getattr(local, "cache_key", None):
+            return local.cache_key
+        try:
+            return self.cache_key_for(tuple(args or ()), dict(kwargs or {}))
+        except TypeError:
+            return None
 
 
 def release_herd_key_by_key(task: JobtasticTask, herd_key: str | None, task_id: str) -> None:
