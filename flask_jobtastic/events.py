@@ -63,7 +63,7 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
                 view.meta,
                 expose_errors=expose,
                 detail=view.detail,
-                alive=(view.alive is not None) if view.has_side_records else None,
+                alive=view.is_alive,
             )
         except Exception:
             yield _unavailable_event(task_id)
@@ -112,7 +112,7 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
                         view.meta,
                         expose_errors=expose,
                         detail=view.detail,
-                        alive=(view.alive is not None) if view.has_side_records else None,
+                        alive=view.is_alive,
                     )
                     if document != last:
                         yield format_event(document)

@@ -157,6 +157,11 @@ class JobView:
     #: False when the backend cannot hold side records, so "alive" means nothing.
     has_side_records: bool = False
 
+    @property
+    def is_alive(self) -> bool | None:
+        """Whether the worker's heartbeat marker exists; None where it cannot."""
+        return (self.alive is not None) if self.has_side_records else None
+
 
 def read_job(backend: Any, task_id: str) -> JobView:
     """Meta, job and detail records of one job, in one round trip where possible."""

@@ -92,7 +92,7 @@ def build_status(
         }
     state = str(meta.get("status") or states.PENDING)
     info = meta.get("result")
-    if alive is False and state in (states.PROGRESS, states.STARTED):
+    if alive is False and state == states.PROGRESS:
         # the worker stopped renewing its marker: it died mid-job
         return {
             "task_id": task_id,

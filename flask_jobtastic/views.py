@@ -80,7 +80,13 @@ def _needs_header() -> tuple[Response, int] | None:
 
 
 def _document(state: Any, task_id: str, view: results.JobView) -> dict[str, Any]:
-    return build_status(task_id, view.meta, expose_errors=state.expose_errors, detail=view.detail)
+    return build_status(
+        task_id,
+        view.meta,
+        expose_errors=state.expose_errors,
+        detail=view.detail,
+        alive=view.is_alive,
+    )
 
 
 def status(task_id: str) -> Any:
