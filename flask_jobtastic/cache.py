@@ -226,7 +226,15 @@ class _FailSoftHashClient(HashClient):
         self.broken_retries = retry_attempts
         self.health = _ServerHealth(dead_timeout, warn_interval)
         self._rejections = _Throttle(warn_interval)
+        # One server: no ring to consult. pymemcache's pure-Python murmur3 would
+        # otherwise cost more than the network round trip on every call.
+        self._only_client = next(iter(self.clients.values())) if len(self.clients) == 1 else None
         _live_clients.add(self)
+
+    def _get_client(self, key: str) -> Any:
+        if self._only_client is not None:
+            return self._only_client
+        return super()._get_client(key)
 
     def run(self, command: str, key: str, *args: Any, **kwargs: Any) -> Any:
         """Run one keyed command; ``_FAILED`` instead of an exception when it could not run."""

@@ -196,7 +196,7 @@ def read_jobs(backend: Any, task_ids: Iterable[str]) -> dict[str, JobView]:
             for index, task_id in enumerate(ids):
                 meta_raw, job_raw, detail_raw, alive_raw = raw[4 * index : 4 * index + 4]
                 meta = (
-                    backend.decode_result(meta_raw)
+                    _decode_meta(backend, meta_raw)
                     if meta_raw
                     else {"status": celery_states.PENDING, "result": None}
                 )
@@ -205,6 +205,22 @@ def read_jobs(backend: Any, task_ids: Iterable[str]) -> dict[str, JobView]:
                 )
             return views
     return {task_id: JobView(backend.get_task_meta(task_id)) for task_id in ids}
+
+
+def _decode_meta(backend: Any, raw: Any) -> dict[str, Any]:
+    """Decode one stored meta; plain JSON takes the fast path.
+
+    Celery's decoder goes through kombu's registry and type hooks for every
+    value; metas without kombu's typed values (the common case) are plain JSON.
+    Exceptions are still rebuilt by Celery.
+    """
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    if not isinstance(text, str) or not text.startswith("{") or '"__type__"' in text:
+        return backend.decode_result(raw)
+    meta = json.loads(text)
+    if meta.get("status") in backend.EXCEPTION_STATES:
+        return backend.meta_from_decoded(meta)
+    return meta
 
 
 def _json(raw: Any) -> dict[str, Any] | None:
