@@ -158,7 +158,7 @@ def events(task_id: str) -> Any:
         view = results.read_job(state.celery.backend, task_id)
     except Exception:
         return _unavailable(task_id)
-    if not state.may_read(view.job):
+    if not state.may_read(view.job) or "task_id" not in view.meta:
         return _unknown(task_id)
     response = Response(
         stream_with_context(event_stream(state, task_id)),
