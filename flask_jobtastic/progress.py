@@ -51,6 +51,8 @@ class ProgressMeter:
     last_total: float = 0
     last_percent: float = -1.0
     rate: float | None = None
+    #: Set by the task whenever the job reports progress, written or not.
+    touched: bool = False
     _sample_at: float = field(default=0.0, repr=False)
     _sample_completed: float = field(default=0.0, repr=False)
 

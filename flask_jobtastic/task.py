@@ -228,6 +228,7 @@ class JobtasticTask(Task):
         meter = getattr(self._local, "meter", None)
         if meter is None:
             return
+        meter.touched = True
         if completed < total and completed - meter.last_completed < update_frequency:
             return
         now = monotonic()
@@ -315,15 +316,24 @@ class JobtasticTask(Task):
             winner, won = cache_ops.claim_herd_key(
                 cache, herd_key, task_id, int(self.herd_avoidance_timeout or 0)
             )
-            if not won and self._has_finished(winner):
-                # revoked or lost before it could release its key: claim afresh
+            if not won and self._has_failed(winner):
+                # failed, revoked or lost before it released its key: claim afresh
                 cache_ops.cache_delete_if_equal(cache, herd_key, winner)
                 winner, won = cache_ops.claim_herd_key(
                     cache, herd_key, task_id, int(self.herd_avoidance_timeout or 0)
                 )
-            if not won:
+            if not won:  # a run in flight, or one that just succeeded: share it
                 signals.herd_joined.send(self, task_id=winner)
                 return self.AsyncResult(winner)
+            if self.cache_duration >= 0:
+                # The previous run may have cached its result and released its
+                # key between our cache read and our claim: use that result.
+                cached_id = cache_ops.cache_get(cache, keys.result_key(cache_key))
+                if cached_id:
+                    self._mirror_result(cached_id, task_id)
+                    cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
+                    signals.cache_hit.send(self, task_id=cached_id)
+                    return self.AsyncResult(cached_id)
         owner = state.current_owner()
         try:
             results.record_queued(
@@ -355,6 +365,8 @@ class JobtasticTask(Task):
                 owner=owner,
                 description=description or self.description,
             )
+        if not herd_avoidance:  # the worker then has no herd key to release
+            options.setdefault("headers", {})["jobtastic_herd"] = False
         options.setdefault("retry_policy", state.publish_retry_policy)
         try:
             result = Task.apply_async(self, args, kwargs, task_id=task_id, **options)
@@ -377,13 +389,25 @@ class JobtasticTask(Task):
         signals.job_sent.send(self, task_id=task_id)
         return result
 
-    def _has_finished(self, task_id: str) -> bool:
-        """Whether a herd winner is already over (only asked on the join path)."""
+    def _has_failed(self, task_id: str) -> bool:
+        """Whether a herd winner ended without a result (asked on the join path only)."""
         try:
             meta = self.backend.get_task_meta(task_id)
         except Exception:
             return False
-        return meta.get("status") in states.READY_STATES
+        return meta.get("status") in (states.FAILURE, states.REVOKED)
+
+    def _mirror_result(self, cached_id: str, claimed_id: str) -> None:
+        """Give a claimed-but-unsent id the cached result, for callers who joined it.
+
+        Rare: only when a claim races the previous run's release.
+        """
+        try:
+            meta = self.backend.get_task_meta(cached_id)
+            if meta.get("status") == states.SUCCESS:
+                self.backend.store_result(claimed_id, meta.get("result"), states.SUCCESS)
+        except Exception:
+            logger.warning("Could not mirror job %s onto %s", cached_id, claimed_id, exc_info=True)
 
     def _failed_to_queue(self, task_id: str) -> AsyncResult:
         """A result in FAILURE whose status says the job could not be queued."""
@@ -496,6 +520,7 @@ class JobtasticTask(Task):
             and (self.track_state or getattr(self.request, "jobtastic_track", False))
         )
         local.cache_key = None
+        local.herd_claimed = getattr(self.request, "jobtastic_herd", True) is not False
         if task_id:
             try:
                 local.cache_key = self.cache_key_for(tuple(args), dict(kwargs))
@@ -505,7 +530,7 @@ class JobtasticTask(Task):
         if local.tracked:
             state.registry_call("record_state", task_id, "running", progress=0.0)
         if task_id and state is not None:
-            self._start_heartbeat(state, task_id, local.herd_key)
+            self._start_heartbeat(state, task_id, local.herd_key if local.herd_claimed else None)
         failure: BaseException | None = None
         try:
             if task_id:
@@ -524,7 +549,9 @@ class JobtasticTask(Task):
                     f"{self.name}.calculate_result returned a value that cannot be stored as "
                     f"JSON ({exc}); return dicts, lists, strings, numbers, booleans or None"
                 ) from None
-            if task_id:
+            if task_id and (meter.touched or local.details_used):
+                # the last PROGRESS reads 100 (a job that never reported progress
+                # goes from its first PROGRESS straight to SUCCESS)
                 closing = meter.finished(monotonic())
                 if closing is not None:
                     self._write_progress(closing)
@@ -767,6 +794,9 @@ class JobtasticTask(Task):
         self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         """Release the herd key once the job is over, whatever the outcome."""
+        local = self._local
+        if getattr(local, "task_id", None) == task_id and not local.herd_claimed:
+            return
         if status in states.READY_STATES:
             cache_key = self._run_cache_key(task_id, args, kwargs)
             if cache_key is not None:

@@ -8,7 +8,7 @@ import pytest
 
 from flask_jobtastic.signals import task_changed
 from tests.app_factory import close_app, create_app
-from tests.tasks import CountingTask, StepsTask, TrackedTask
+from tests.tasks import CountedTask, CountingTask, StepsTask, TrackedTask
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -154,3 +154,19 @@ def test_cleanup_command_removes_seen_finished_jobs_only(token):
         assert registry.get(unseen.id) is not None
     finally:
         close_app(app)
+
+
+def test_track_state_per_call_reaches_the_worker(owned_app, token):
+    client = owned_app.test_client()
+    with owned_app.test_request_context(headers=ALICE):
+        result = CountedTask.apply_async(
+            kwargs={"token": token, "value": 1, "seconds": 0.1},
+            track_state=True,
+            description="one tracked call",
+        )
+    wait_ready(client, result.id, ALICE)
+    time.sleep(0.2)
+    jobs = client.get("/jobtastic/jobs?all=1", headers=ALICE).get_json()["jobs"]
+    record = next(job for job in jobs if job["id"] == result.id)
+    assert record["description"] == "one tracked call"
+    assert record["state"] == "succeeded"  # written by the worker, told by the message
