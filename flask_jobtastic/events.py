@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import results
-from .status import build_status
+from .status import build_status, document_for
 
 logger = logging.getLogger("flask_jobtastic")
 
@@ -57,13 +57,8 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
     last: dict[str, Any] | None = None
     try:
         try:
-            view = results.read_job(backend, task_id)
-            document = build_status(
-                task_id,
-                view.meta,
-                expose_errors=expose,
-                detail=view.detail,
-                alive=view.is_alive,
+            document = document_for(
+                task_id, results.read_job(backend, task_id), expose_errors=expose
             )
         except Exception:
             yield _unavailable_event(task_id)
@@ -107,13 +102,7 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
                     except Exception:
                         yield _unavailable_event(task_id)
                         return
-                    document = build_status(
-                        task_id,
-                        view.meta,
-                        expose_errors=expose,
-                        detail=view.detail,
-                        alive=view.is_alive,
-                    )
+                    document = document_for(task_id, view, expose_errors=expose)
                     if document != last:
                         yield format_event(document)
                         last = document

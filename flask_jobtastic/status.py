@@ -138,3 +138,18 @@ def build_status(
             if key in detail and key not in document:
                 document[key] = detail[key]
     return document
+
+
+def document_for(task_id: str, view: Any, *, expose_errors: bool = False) -> dict[str, Any]:
+    """``build_status`` from everything the stores returned for one job.
+
+    ``view`` is a ``results.JobView``: Celery's meta, the detail record of a
+    finished job, and whether the worker's heartbeat marker is there.
+    """
+    return build_status(
+        task_id,
+        view.meta,
+        expose_errors=expose_errors,
+        detail=view.detail,
+        alive=view.is_alive,
+    )

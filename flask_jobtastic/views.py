@@ -14,8 +14,10 @@ from typing import Any
 from flask import (
     Blueprint,
     Response,
+    abort,
     current_app,
     jsonify,
+    make_response,
     render_template,
     request,
     stream_with_context,
@@ -26,7 +28,7 @@ from . import results, states
 from .assets import asset_dir
 from .events import event_stream
 from .registry import JobNotFinished
-from .status import build_status
+from .status import build_status, document_for
 
 logger = logging.getLogger("flask_jobtastic")
 
@@ -80,26 +82,30 @@ def _needs_header() -> tuple[Response, int] | None:
 
 
 def _document(state: Any, task_id: str, view: results.JobView) -> dict[str, Any]:
-    return build_status(
-        task_id,
-        view.meta,
-        expose_errors=state.expose_errors,
-        detail=view.detail,
-        alive=view.is_alive,
-    )
+    return document_for(task_id, view, expose_errors=state.expose_errors)
 
 
-def status(task_id: str) -> Any:
-    """``GET <prefix>/status/<task_id>``: the status document of one job."""
+def _readable_job(task_id: str, *, must_exist: bool = False) -> tuple[Any, results.JobView]:
+    """``(state, view)`` of a job the caller may see; otherwise ends the request.
+
+    Malformed ids are 400, a silent result backend 503, and jobs that are not
+    the caller's (or, with ``must_exist``, not known at all) 404.
+    """
     if not results.is_valid_task_id(task_id):
-        return _bad_id()
+        abort(make_response(*_bad_id()))
     state = _state()
     try:
         view = results.read_job(state.celery.backend, task_id)
     except Exception:
-        return _unavailable(task_id)
-    if not state.may_read(view.job):
-        return _unknown(task_id)
+        abort(make_response(*_unavailable(task_id)))
+    if not state.may_read(view.job) or (must_exist and "task_id" not in view.meta):
+        abort(make_response(*_unknown(task_id)))
+    return state, view
+
+
+def status(task_id: str) -> Any:
+    """``GET <prefix>/status/<task_id>``: the status document of one job."""
+    state, view = _readable_job(task_id)
     document = _document(state, task_id, view)
     response = _no_store(jsonify(document))
     if document["state"] == states.UNKNOWN:
@@ -151,15 +157,7 @@ def events(task_id: str) -> Any:
     Each ``status`` event carries the full status document; the stream ends
     after a final state. Heartbeat comments keep proxies from closing it.
     """
-    if not results.is_valid_task_id(task_id):
-        return _bad_id()
-    state = _state()
-    try:
-        view = results.read_job(state.celery.backend, task_id)
-    except Exception:
-        return _unavailable(task_id)
-    if not state.may_read(view.job) or "task_id" not in view.meta:
-        return _unknown(task_id)
+    state, _ = _readable_job(task_id, must_exist=True)
     response = Response(
         stream_with_context(event_stream(state, task_id)),
         mimetype="text/event-stream",
@@ -177,16 +175,8 @@ def cancel(task_id: str) -> Any:
     refused = _needs_header()
     if refused:
         return refused
-    if not results.is_valid_task_id(task_id):
-        return _bad_id()
-    state = _state()
+    state, view = _readable_job(task_id, must_exist=True)
     backend = state.celery.backend
-    try:
-        view = results.read_job(backend, task_id)
-    except Exception:
-        return _unavailable(task_id)
-    if not state.may_read(view.job) or "task_id" not in view.meta:
-        return _unknown(task_id)
     document = _document(state, task_id, view)
     if document["ready"]:
         return _no_store(jsonify(document))
