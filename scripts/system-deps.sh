@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install the system programs the test suite starts itself: memcached,
-# redis-server and Chromium (for the browser tests). Debian/Ubuntu, as root.
+# redis-server, Chromium (for the browser tests) and wrk (for the benchmarks).
+# Debian/Ubuntu, as root.
 set -euo pipefail
 
 need=()
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)  # the benchmarks' load generator
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
