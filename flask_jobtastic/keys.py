@@ -27,23 +27,54 @@ SignificantKwargs = Sequence[str | tuple[str, Converter]]
 
 
 def canonical_json(value: Any) -> str:
-    """Default converter: a stable text form of any JSON-like value.
+    """Default converter: a stable, unambiguous text form of a JSON-like value.
 
-    Dict order does not matter, tuples equal lists. A value JSON cannot
-    express raises ``TypeError`` naming its type, so the caller can say which
-    argument is at fault.
+    Every value is tagged with its kind, so no value can spell another (a
+    dict cannot pose as bytes, ``"1"`` is not ``1``); dict order does not
+    matter and tuples equal lists, as they do once sent as JSON. A value
+    with no such form raises ``TypeError`` naming its type.
     """
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_fail
+    return json.dumps(_tagged(value), separators=(",", ":"), ensure_ascii=True)
+
+
+def _tagged(value: Any) -> Any:
+    if value is None:
+        return "n"
+    if isinstance(value, bool):
+        return ["b", value]
+    if isinstance(value, int):
+        return ["i", str(value)]
+    if isinstance(value, float):
+        return ["f", repr(value)]
+    if isinstance(value, str):
+        return ["s", value]
+    if isinstance(value, bytes | bytearray):
+        return ["y", bytes(value).hex()]
+    if isinstance(value, list | tuple):
+        return ["l", [_tagged(item) for item in value]]
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                # JSON turns keys into strings: the worker would see another value
+                raise TypeError(
+                    f"a dict key of type {type(key).__name__} does not survive JSON; "
+                    "use string keys"
+                )
+        items = [[k, _tagged(v)] for k, v in value.items()]
+        return ["d", sorted(items, key=_sort_key)]
+    raise TypeError(
+        f"a value of type {type(value).__name__} cannot be sent as JSON; pass strings, "
+        "numbers, booleans, None, bytes, or lists and string-keyed dicts of them"
     )
 
 
-def _fail(value: Any) -> Any:
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=repr)
-    if isinstance(value, bytes):
-        return {"__bytes__": value.hex()}
-    raise TypeError(f"a value of type {type(value).__name__} has no JSON form")
+def _sort_key(tagged: Any) -> str:
+    return json.dumps(tagged, separators=(",", ":"), ensure_ascii=True)
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 that also carries lone surrogates, which Python strings may hold."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def normalize_significant(spec: SignificantKwargs) -> list[tuple[str, Converter]]:
@@ -71,7 +102,7 @@ def safe_prefix(prefix: str) -> str:
     cleaned = _UNSAFE.sub("_", prefix)
     if cleaned == prefix and len(cleaned) <= _PREFIX_BUDGET:
         return cleaned
-    digest = hashlib.sha256(prefix.encode("utf-8")).hexdigest()[:16]
+    digest = hashlib.sha256(_utf8(prefix)).hexdigest()[:16]
     return f"{cleaned[: _PREFIX_BUDGET - 17]}-{digest}"
 
 
@@ -130,7 +161,7 @@ def build_cache_key(prefix: str, values: Sequence[tuple[str, str]]) -> str:
     ``a="a", b="bc"``, which plain concatenation would merge.
     """
     material = json.dumps([list(pair) for pair in values], ensure_ascii=False)
-    digest = hashlib.sha256(material.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(_utf8(material)).hexdigest()
     return f"jobtastic:{safe_prefix(prefix)}:{digest}"
 
 

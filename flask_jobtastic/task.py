@@ -30,6 +30,7 @@ from celery.result import AsyncResult, EagerResult
 from celery.signals import task_revoked
 from celery.worker import state as worker_state
 from flask import current_app, has_app_context
+from kombu.exceptions import EncodeError
 from kombu.utils.json import dumps as json_dumps
 
 from . import cache as cache_ops
@@ -382,6 +383,13 @@ class JobtasticTask(Task):
             if on_broker_error == "fail":
                 return self._failed_to_queue(task_id)
             raise
+        except EncodeError as exc:
+            if herd_avoidance:
+                cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
+            raise TypeError(
+                f"{self.name} was called with arguments that cannot be sent as JSON ({exc}); "
+                "pass strings, numbers, booleans, None, or lists and dicts of them"
+            ) from None
         except Exception:
             if herd_avoidance:
                 cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
