@@ -75,6 +75,8 @@ class JobtasticState:
     def may_read(self, job: dict[str, Any] | None) -> bool:
         """Whether the current request may see a job, given its ``job`` side record."""
         owner = job.get("owner") if job else None
+        if job and job.get("shared"):
+            return True  # a result meant for everyone who holds the id
         if owner is None:
             if self.allow_unowned is not None:
                 return self.allow_unowned
@@ -332,8 +334,9 @@ class Jobtastic:
         celery._flask_jobtastic_state = state  # type: ignore[attr-defined]
         register_celery_app(celery)
 
-        from .views import create_blueprint
+        from .views import TaskIdConverter, create_blueprint
 
+        app.url_map.converters.setdefault("jobtastic_id", TaskIdConverter)
         app.register_blueprint(create_blueprint(), url_prefix=state.url_prefix)
         app.jinja_env.globals.setdefault("jobtastic_assets", jobtastic_assets)
         app.cli.add_command(jobtastic_cli)

@@ -165,6 +165,12 @@ def build_cache_key(prefix: str, values: Sequence[tuple[str, str]]) -> str:
     return f"jobtastic:{safe_prefix(prefix)}:{digest}"
 
 
+def owner_scoped(cache_key: str, owner: str) -> str:
+    """The key of the same call made by one owner (hashed: owners stay private)."""
+    digest = hashlib.sha256(_utf8(f"owner:{owner}")).hexdigest()[:32]
+    return f"{cache_key}:o{digest}"
+
+
 def result_key(cache_key: str) -> str:
     """Where the id of the cached successful run is kept."""
     return f"{cache_key}:result"

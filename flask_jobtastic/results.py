@@ -17,12 +17,12 @@ from typing import Any
 from celery import states as celery_states
 from celery.backends.base import BaseKeyValueStoreBackend as KeyValueStoreBackend
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def is_valid_task_id(task_id: str) -> bool:
     """Task ids are UUIDs; anything else is a malformed request."""
-    return bool(_UUID.match(task_id))
+    return bool(_UUID.fullmatch(task_id))
 
 
 def _meta(task_id: str, state: str, info: dict[str, Any]) -> dict[str, Any]:

@@ -126,6 +126,11 @@ class JobtasticTask(Task):
     track_state: ClassVar[bool] = False
     #: What the registry and "my jobs" list call a job of this class.
     description: ClassVar[str | None] = None
+    #: Share cached results and runs in flight between owners. Off: once an
+    #: ``owner_loader`` is registered, identical calls of different users are
+    #: different jobs. On (for results that are the same for everyone): any
+    #: user holding the id may read the job.
+    share_across_owners: ClassVar[bool] = False
     #: How many ``notify`` messages and counted items a status keeps.
     max_messages: ClassVar[int] = 50
     #: Eager runs (``delay_or_eager`` with the broker down) store their result,
@@ -304,7 +309,11 @@ class JobtasticTask(Task):
         track_state = options.pop("track_state", None)
         description = options.pop("description", None)
         tracked = self.track_state if track_state is None else bool(track_state)
+        owner = state.current_owner()
         cache_key = self.cache_key_for(args, kwargs)
+        if owner is not None and not self.share_across_owners:
+            # one user's cached result or run in flight is not another's
+            cache_key = keys.owner_scoped(cache_key, owner)
         cache = state.cache_backend
         if self.cache_duration >= 0:
             cached_id = cache_ops.cache_get(cache, keys.result_key(cache_key))
@@ -335,7 +344,6 @@ class JobtasticTask(Task):
                     cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
                     signals.cache_hit.send(self, task_id=cached_id)
                     return self.AsyncResult(cached_id)
-        owner = state.current_owner()
         try:
             results.record_queued(
                 self.backend,
@@ -343,6 +351,7 @@ class JobtasticTask(Task):
                 {},
                 job={
                     "owner": owner,
+                    "shared": bool(self.share_across_owners),
                     "herd_key": herd_key if herd_avoidance else None,
                     "name": self.name,
                 },
@@ -366,8 +375,10 @@ class JobtasticTask(Task):
                 owner=owner,
                 description=description or self.description,
             )
+        headers = options.setdefault("headers", {})
+        headers["jobtastic_key"] = cache_key  # the worker caches and releases under it
         if not herd_avoidance:  # the worker then has no herd key to release
-            options.setdefault("headers", {})["jobtastic_herd"] = False
+            headers["jobtastic_herd"] = False
         options.setdefault("retry_policy", state.publish_retry_policy)
         try:
             result = Task.apply_async(self, args, kwargs, task_id=task_id, **options)
@@ -379,17 +390,21 @@ class JobtasticTask(Task):
             )
             signals.broker_unavailable.send(self, task_id=task_id, error=exc)
             if on_broker_error == "eager":
-                return self.apply(args, kwargs, task_id=task_id)
+                return self.apply(args, kwargs, task_id=task_id, headers=headers)
             if on_broker_error == "fail":
                 return self._failed_to_queue(task_id)
             raise
         except EncodeError as exc:
             if herd_avoidance:
                 cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
-            raise TypeError(
-                f"{self.name} was called with arguments that cannot be sent as JSON ({exc}); "
-                "pass strings, numbers, booleans, None, or lists and dicts of them"
-            ) from None
+            error = TypeError(
+                f"{self.name} was called with {_unsendable(args, kwargs)} that cannot be sent "
+                f"as JSON ({exc}); pass strings, numbers, booleans, None, or lists and dicts "
+                "of them"
+            )
+            with contextlib.suppress(Exception):  # anyone who joined sees why
+                self.backend.mark_as_failure(task_id, error)
+            raise error from None
         except Exception:
             if herd_avoidance:
                 cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
@@ -525,11 +540,14 @@ class JobtasticTask(Task):
             task_id
             and state is not None
             and state.registry is not None
-            and (self.track_state or getattr(self.request, "jobtastic_track", False))
+            and (self.track_state or self._header("jobtastic_track"))
         )
         local.cache_key = None
-        local.herd_claimed = getattr(self.request, "jobtastic_herd", True) is not False
-        if task_id:
+        local.herd_claimed = self._header("jobtastic_herd") is not False
+        if task_id and self._header("jobtastic_key"):
+            local.cache_key = self._header("jobtastic_key")
+            local.herd_key = keys.herd_key(local.cache_key)
+        elif task_id:
             try:
                 local.cache_key = self.cache_key_for(tuple(args), dict(kwargs))
                 local.herd_key = keys.herd_key(local.cache_key)
@@ -810,6 +828,14 @@ class JobtasticTask(Task):
             if cache_key is not None:
                 release_herd_key_by_key(self, keys.herd_key(cache_key), task_id)
 
+    def _header(self, name: str) -> Any:
+        """A header the sender put on the message (worker) or on ``apply`` (eager)."""
+        request = self.request
+        value = getattr(request, name, None)
+        if value is None:
+            value = (getattr(request, "headers", None) or {}).get(name)
+        return value
+
     def _run_cache_key(self, task_id: str, args: Any, kwargs: Any) -> str | None:
         """The cache key of this run: computed once in ``run``, else from the arguments."""
         local = self._local
@@ -838,6 +864,21 @@ def release_herd_key(task: JobtasticTask, task_id: str, args: Any, kwargs: Any) 
     except TypeError:
         return
     cache_ops.cache_delete_if_equal(state.cache_backend, key, task_id)
+
+
+def _unsendable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """Name the first argument JSON cannot carry, for the error message."""
+    for index, value in enumerate(args):
+        try:
+            json_dumps(value)
+        except (TypeError, ValueError):
+            return f"positional argument {index} ({type(value).__name__})"
+    for name, value in kwargs.items():
+        try:
+            json_dumps(value)
+        except (TypeError, ValueError):
+            return f"argument {name!r} ({type(value).__name__})"
+    return "arguments"
 
 
 @task_revoked.connect

@@ -22,6 +22,7 @@ from flask import (
     request,
     stream_with_context,
 )
+from werkzeug.routing import PathConverter
 
 from . import cache as cache_ops
 from . import results, states
@@ -121,7 +122,10 @@ def batch_status() -> Any:
     """
     state = _state()
     if request.method == "POST":
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # a body nested deeper than the JSON parser goes
+            body = None
         ids = body.get("task_ids") if isinstance(body, dict) else None
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             return _error(400, "BadRequest", 'Send a JSON body {"task_ids": ["<uuid>", ...]}.')
@@ -285,6 +289,13 @@ def jobs_partial() -> Any:
 _JOB_STATES = ("queued", "running", "succeeded", "failed", "revoked", "retrying")
 
 
+class TaskIdConverter(PathConverter):
+    """Like ``path``, but any character (newlines too) reaches the view, which
+    answers a JSON 400 for a malformed id instead of the router's HTML 404."""
+
+    regex = r"[^/][\s\S]*?"
+
+
 def create_blueprint() -> Blueprint:
     """A fresh blueprint per app, so each app may mount it at its own prefix."""
     blueprint = Blueprint(
@@ -294,11 +305,13 @@ def create_blueprint() -> Blueprint:
         static_url_path="/static",
         template_folder=asset_dir("templates"),
     )
-    blueprint.add_url_rule("/status/<path:task_id>", "status", status, methods=["GET"])
+    blueprint.add_url_rule("/status/<jobtastic_id:task_id>", "status", status, methods=["GET"])
     blueprint.add_url_rule("/status", "batch_status", batch_status, methods=["GET", "POST"])
-    blueprint.add_url_rule("/events/<path:task_id>", "events", events, methods=["GET"])
-    blueprint.add_url_rule("/cancel/<path:task_id>", "cancel", cancel, methods=["POST"])
+    blueprint.add_url_rule("/events/<jobtastic_id:task_id>", "events", events, methods=["GET"])
+    blueprint.add_url_rule("/cancel/<jobtastic_id:task_id>", "cancel", cancel, methods=["POST"])
     blueprint.add_url_rule("/jobs", "jobs", my_jobs, methods=["GET"])
     blueprint.add_url_rule("/jobs.html", "jobs_partial", jobs_partial, methods=["GET"])
-    blueprint.add_url_rule("/jobs/<path:task_id>/seen", "mark_seen", mark_seen, methods=["POST"])
+    blueprint.add_url_rule(
+        "/jobs/<jobtastic_id:task_id>/seen", "mark_seen", mark_seen, methods=["POST"]
+    )
     return blueprint

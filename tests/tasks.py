@@ -239,3 +239,17 @@ class SoakTask(JobtasticTask):
         for i in range(10):
             self.update_progress(i + 1, 10)
         return n * n
+
+
+class SharedReportTask(JobtasticTask):
+    """The same answer for everyone: shared between owners."""
+
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+    cache_duration = 60
+    share_across_owners = True
+
+    def calculate_result(self, token: str) -> str:
+        count_run(token)
+        time.sleep(0.3)
+        return token

@@ -100,3 +100,33 @@ def test_cancel_stops_a_running_job_at_its_next_progress_write(owned_app, token,
     assert client.get(f"/jobtastic/status/{result.id}", headers=ALICE).get_json()["state"] == (
         "REVOKED"
     )
+
+
+def test_identical_calls_of_two_owners_are_two_jobs_each_readable_by_its_owner(owned_app, token):
+    client = owned_app.test_client()
+    alices = send_as(owned_app, ALICE, CountedTask, token=token, value=1, seconds=0.2)
+    bobs = send_as(owned_app, BOB, CountedTask, token=token, value=1, seconds=0.2)
+    assert alices.id != bobs.id
+    for result, headers in ((alices, ALICE), (bobs, BOB)):
+        deadline = time.monotonic() + 10
+        while not client.get(f"/jobtastic/status/{result.id}", headers=headers).get_json()["ready"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    # each one's cached result comes back to that owner only
+    assert send_as(owned_app, ALICE, CountedTask, token=token, value=1).id == alices.id
+    assert send_as(owned_app, BOB, CountedTask, token=token, value=1).id == bobs.id
+
+
+def test_jobs_shared_across_owners_run_once_and_are_readable_by_both(owned_app, token):
+    from tests.tasks import SharedReportTask, runs
+
+    client = owned_app.test_client()
+    alices = send_as(owned_app, ALICE, SharedReportTask, token=token)
+    bobs = send_as(owned_app, BOB, SharedReportTask, token=token)
+    assert alices.id == bobs.id
+    assert client.get(f"/jobtastic/status/{bobs.id}", headers=BOB).status_code == 200
+    deadline = time.monotonic() + 10
+    while not client.get(f"/jobtastic/status/{alices.id}", headers=ALICE).get_json()["ready"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert runs(token) == 1
