@@ -148,19 +148,36 @@ def _accepts_expires(backend: Any) -> bool:
 
 @dataclass
 class JobView:
-    """What the stores know about one job: Celery's meta plus our side records."""
+    """What the stores know about one job: Celery's meta plus our side records.
+
+    Side records stay raw until asked for: a batch of 100 rarely needs them all.
+    """
 
     meta: dict[str, Any]
-    job: dict[str, Any] | None = None
-    detail: dict[str, Any] | None = None
-    alive: dict[str, Any] | None = None
+    job_raw: Any = None
+    detail_raw: Any = None
+    alive_raw: Any = None
     #: False when the backend cannot hold side records, so "alive" means nothing.
     has_side_records: bool = False
 
     @property
+    def job(self) -> dict[str, Any] | None:
+        """The record written at send time: owner, herd key, task name."""
+        return _json(self.job_raw)
+
+    @property
+    def detail(self) -> dict[str, Any] | None:
+        """Steps, messages and counts saved when the job ended."""
+        return _json(self.detail_raw)
+
+    @property
+    def alive(self) -> dict[str, Any] | None:
+        return _json(self.alive_raw)
+
+    @property
     def is_alive(self) -> bool | None:
         """Whether the worker's heartbeat marker exists; None where it cannot."""
-        return (self.alive is not None) if self.has_side_records else None
+        return bool(self.alive_raw) if self.has_side_records else None
 
 
 def read_job(backend: Any, task_id: str) -> JobView:
@@ -200,9 +217,7 @@ def read_jobs(backend: Any, task_ids: Iterable[str]) -> dict[str, JobView]:
                     if meta_raw
                     else {"status": celery_states.PENDING, "result": None}
                 )
-                views[task_id] = JobView(
-                    meta, _json(job_raw), _json(detail_raw), _json(alive_raw), True
-                )
+                views[task_id] = JobView(meta, job_raw, detail_raw, alive_raw, True)
             return views
     return {task_id: JobView(backend.get_task_meta(task_id)) for task_id in ids}
 

@@ -146,10 +146,11 @@ def document_for(task_id: str, view: Any, *, expose_errors: bool = False) -> dic
     ``view`` is a ``results.JobView``: Celery's meta, the detail record of a
     finished job, and whether the worker's heartbeat marker is there.
     """
+    running = view.meta.get("status") == states.PROGRESS
     return build_status(
         task_id,
         view.meta,
         expose_errors=expose_errors,
-        detail=view.detail,
-        alive=view.is_alive,
+        detail=None if running else view.detail,
+        alive=view.is_alive if running else None,
     )

@@ -8,6 +8,7 @@ leak nothing. State-changing endpoints are POST and need an
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -152,7 +153,9 @@ def batch_status() -> Any:
             documents[task_id] = _document(state, task_id, view)
         else:
             documents[task_id] = build_status(task_id, None)
-    return _no_store(jsonify({"tasks": documents}))
+    # one compact dump: at 100 documents Flask's sorted, pretty-capable jsonify shows
+    body = json.dumps({"tasks": documents}, separators=(",", ":"))
+    return _no_store(current_app.response_class(body, mimetype="application/json"))
 
 
 def events(task_id: str) -> Any:
