@@ -826,7 +826,8 @@ class JobtasticTask(Task):
         if status in states.READY_STATES:
             cache_key = self._run_cache_key(task_id, args, kwargs)
             if cache_key is not None:
-                release_herd_key_by_key(self, keys.herd_key(cache_key), task_id)
+                ran_here = getattr(local, "task_id", None) == task_id
+                release_herd_key_by_key(self, keys.herd_key(cache_key), task_id, held=ran_here)
 
     def _header(self, name: str) -> Any:
         """A header the sender put on the message (worker) or on ``apply`` (eager)."""
@@ -847,10 +848,20 @@ class JobtasticTask(Task):
             return None
 
 
-def release_herd_key_by_key(task: JobtasticTask, herd_key: str | None, task_id: str) -> None:
-    """Delete a herd key if it still holds this run's id."""
+def release_herd_key_by_key(
+    task: JobtasticTask, herd_key: str | None, task_id: str, *, held: bool = False
+) -> None:
+    """Delete a herd key if it still holds this run's id.
+
+    ``held``: the run kept the key alive through the heartbeat until now, so it
+    is still this run's; a plain delete saves the read.
+    """
     state = getattr(task.app, "_flask_jobtastic_state", None)
-    if state is not None and herd_key:
+    if state is None or not herd_key:
+        return
+    if held:
+        cache_ops.cache_delete(state.cache_backend, herd_key)
+    else:
         cache_ops.cache_delete_if_equal(state.cache_backend, herd_key, task_id)
 
 
