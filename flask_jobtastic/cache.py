@@ -575,22 +575,20 @@ class PyMemcacheCache(BaseCache):
         expire = self._expire(None)
         client = self._client
         for _ in range(_COUNTER_ATTEMPTS):
+            missing = False
             if delta >= 0:
                 value = client.run("incr", stored, delta)
                 if isinstance(value, int):
                     return value
-                if value is None:  # no such key yet
-                    added = client.run("add", stored, delta, expire=expire)
-                    if added is _FAILED:
-                        return None
-                    if added:
-                        return delta
-                    continue
-            fetched = client.run("gets", stored)
-            if fetched is _FAILED:
-                return None
-            current, token = fetched
-            if current is None:
+                missing = value is None  # else incr could not count it: use cas
+            if missing:
+                current = token = None
+            else:
+                fetched = client.run("gets", stored)
+                if fetched is _FAILED:
+                    return None
+                current, token = fetched
+            if current is None:  # no such key yet: start it at delta
                 added = client.run("add", stored, delta, expire=expire)
                 if added is _FAILED:
                     return None

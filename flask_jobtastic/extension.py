@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -58,7 +58,6 @@ class JobtasticState:
     registry: Registry | None = None
     allow_unowned: bool | None = None
     extension: Jobtastic | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def current_owner(self) -> str | None:
         """The owner of jobs sent now: the app's ``owner_loader`` in a request."""

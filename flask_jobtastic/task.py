@@ -865,18 +865,6 @@ def release_herd_key_by_key(
         cache_ops.cache_delete_if_equal(state.cache_backend, herd_key, task_id)
 
 
-def release_herd_key(task: JobtasticTask, task_id: str, args: Any, kwargs: Any) -> None:
-    """Delete the herd key of this run, if it still holds this run's id."""
-    state = getattr(task.app, "_flask_jobtastic_state", None)
-    if state is None:
-        return
-    try:
-        key = keys.herd_key(task.cache_key_for(tuple(args or ()), dict(kwargs or {})))
-    except TypeError:
-        return
-    cache_ops.cache_delete_if_equal(state.cache_backend, key, task_id)
-
-
 def _unsendable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """Name the first argument JSON cannot carry, for the error message."""
     for index, value in enumerate(args):
@@ -896,7 +884,15 @@ def _unsendable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 def _release_on_revoke(sender: Any = None, request: Any = None, **_: Any) -> None:
     """A job revoked before or while running gives up its herd key."""
     if isinstance(sender, JobtasticTask) and request is not None:
-        release_herd_key(sender, request.id, request.args, request.kwargs)
+        # the key the sender put on the message (owner-scoped where it applies)
+        cache_key = getattr(request, "jobtastic_key", None)
+        if cache_key is None:
+            with contextlib.suppress(TypeError):
+                cache_key = sender.cache_key_for(
+                    tuple(request.args or ()), dict(request.kwargs or {})
+                )
+        if cache_key is not None:
+            release_herd_key_by_key(sender, keys.herd_key(cache_key), request.id)
         state = getattr(sender.app, "_flask_jobtastic_state", None)
         if state is not None and state.registry is not None:
             state.registry_call("record_state", request.id, "revoked")

@@ -53,9 +53,7 @@ def main() -> int:
             salt = uuid.uuid4().hex
             started = time.monotonic()
             with app.app_context():
-                sent = [
-                    (n, SoakTask.delay_or_fail(n=n, salt=salt)) for n in range(options.jobs)
-                ]
+                sent = [(n, SoakTask.delay_or_fail(n=n, salt=salt)) for n in range(options.jobs)]
             send_seconds = time.monotonic() - started
             backend = app.extensions["jobtastic"].celery.backend
             pending = {result.id: n for n, result in sent}
