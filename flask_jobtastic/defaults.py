@@ -19,6 +19,12 @@ CACHE: dict[str, Any] = {"CACHE_TYPE": "SimpleCache"}
 #: Minimum seconds between two PROGRESS writes to the result backend.
 PROGRESS_INTERVAL = 0.5
 
+#: Seconds a job runs before it shows PROGRESS 0 on its own. A job that ends
+#: sooner goes from PENDING to its result without that write, which no poll
+#: could have seen; a job that reports progress or steps earlier shows 0 first
+#: all the same. 0 writes PROGRESS 0 the moment every job starts.
+STARTED_DELAY = 0.1
+
 #: Weight of the newest rate sample in the smoothed ETA (0 < alpha <= 1).
 PROGRESS_SMOOTHING = 0.3
 

@@ -48,6 +48,7 @@ class JobtasticState:
     publish_retry_policy: dict[str, float]
     progress_interval: float
     progress_smoothing: float
+    started_delay: float
     expose_errors: bool
     batch_limit: int
     url_prefix: str
@@ -104,7 +105,7 @@ def _setting_defaults() -> dict[str, Any]:
 
 def _number(config: Any, key: str, *, minimum: float, allow_equal: bool = True) -> float:
     value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise ConfigurationError(f"{key} must be a number, got {value!r}")
     if value < minimum or (value == minimum and not allow_equal):
         bound = ">=" if allow_equal else ">"
@@ -233,6 +234,7 @@ class Jobtastic:
         config = app.config
 
         interval = _number(config, "JOBTASTIC_PROGRESS_INTERVAL", minimum=0)
+        started_delay = _number(config, "JOBTASTIC_STARTED_DELAY", minimum=0)
         smoothing = _number(config, "JOBTASTIC_PROGRESS_SMOOTHING", minimum=0, allow_equal=False)
         if smoothing > 1:
             raise ConfigurationError(
@@ -316,6 +318,7 @@ class Jobtastic:
             publish_retry_policy=dict(policy),
             progress_interval=interval,
             progress_smoothing=smoothing,
+            started_delay=started_delay,
             expose_errors=bool(config["JOBTASTIC_EXPOSE_ERRORS"]),
             batch_limit=batch_limit,
             url_prefix=prefix.rstrip("/") or "/",

@@ -37,18 +37,26 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        #: When the thread wakes next on its own; an earlier claim wakes it sooner.
+        self._wakes_at = float("inf")
 
-    def add(self, task_id: str, timeout: float, renew: Callable[[], None]) -> None:
-        """Renew ``renew()`` every ``timeout / 3`` seconds until ``remove``."""
+    def add(
+        self, task_id: str, timeout: float, renew: Callable[[], None], first_in: float | None = None
+    ) -> None:
+        """Call ``renew()`` after ``first_in`` seconds (default ``timeout / 3``), then
+        every ``timeout / 3`` seconds, until ``remove``."""
         every = max(timeout, MIN_TIMEOUT) / 3
+        next_at = time.monotonic() + (every if first_in is None else first_in)
         with self._lock:
-            self._claims[task_id] = _Claim(renew, every, time.monotonic() + every)
+            self._claims[task_id] = _Claim(renew, every, next_at)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="jobtastic-heartbeat", daemon=True
                 )
                 self._thread.start()
-        self._wake.set()
+            wake = next_at < self._wakes_at
+        if wake:
+            self._wake.set()
 
     def remove(self, task_id: str) -> None:
         with self._lock:
@@ -61,14 +69,22 @@ class Heartbeat:
                 due = [(tid, c) for tid, c in self._claims.items() if c.next_at <= now]
                 for _, claim in due:
                     claim.next_at = now + claim.every
-                wait = min((c.next_at for c in self._claims.values()), default=now + 5) - now
+                if self._claims:
+                    wait: float | None = max(
+                        min(c.next_at for c in self._claims.values()) - now, 0.01
+                    )
+                    self._wakes_at = now + wait
+                else:  # nothing to renew: sleep until a claim is added
+                    wait, self._wakes_at = None, float("inf")
             for task_id, claim in due:
                 try:
                     claim.renew()
                 except Exception:
                     logger.warning("Could not renew the claim of job %s", task_id, exc_info=True)
-            self._wake.wait(max(wait, 0.05))
-            self._wake.clear()
+            self._wake.wait(wait)
+            with self._lock:
+                self._wake.clear()
+                self._wakes_at = float("-inf")  # awake: the next pass sees every claim
 
 
 #: The process's heartbeat (Celery's prefork children each get their own thread).

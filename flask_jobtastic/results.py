@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +70,8 @@ def record_queued(
 
     It lets the status endpoint tell a queued job (PENDING) from an id no one
     has heard of (UNKNOWN), and know the job's owner. Written before
-    publishing, so it can never overwrite the worker's first PROGRESS.
+    publishing, so it can never overwrite the worker's first PROGRESS. Not
+    published: no one can be listening for an id that was not handed out yet.
     """
     info = {"queued_at": time.time(), **info}
     if not isinstance(backend, KeyValueStoreBackend):
@@ -80,7 +81,7 @@ def record_queued(
         (
             backend.get_key_for_task(task_id),
             backend.encode(_meta(task_id, celery_states.PENDING, info)),
-            True,
+            False,
             None,
         )
     ]
@@ -90,27 +91,33 @@ def record_queued(
 
 
 def write_progress(
-    backend: Any, task_id: str, info: dict[str, Any], alive_for: int | None = None
+    backend: Any, task_id: str, *infos: dict[str, Any], alive_for: int | None = None
 ) -> bool:
-    """Store PROGRESS meta (and, with ``alive_for``, the alive marker) in one round trip.
+    """Store PROGRESS metas, in order, (and, with ``alive_for``, the alive marker) at once.
 
-    Returns False on backends that are not key-value stores; the caller then
-    uses Celery's ``update_state``.
+    Each meta is published, so an event stream sees every one; the last one
+    stays. Returns False on backends that are not key-value stores; the
+    caller then uses Celery's ``update_state``.
     """
     if not isinstance(backend, KeyValueStoreBackend):
         return False
-    records = [
-        (
-            backend.get_key_for_task(task_id),
-            backend.encode(_meta(task_id, "PROGRESS", info)),
-            True,
-            None,
-        )
+    key = backend.get_key_for_task(task_id)
+    records: list[tuple[Any, str, bool, int | None]] = [
+        (key, backend.encode(_meta(task_id, "PROGRESS", info)), True, None) for info in infos
     ]
     if alive_for is not None:
-        records.append((side_key("alive", task_id), _dumps({"at": time.time()}), False, alive_for))
+        records.append((side_key("run", task_id), alive_marker(), False, alive_for))
     _write(backend, records)
     return True
+
+
+def alive_marker() -> str:
+    """The run record while the job runs: renewed by the heartbeat, it expires when it dies."""
+    return _dumps({ALIVE_FIELD: time.time()})
+
+
+#: The field that marks a run record as "still running" rather than the details it left.
+ALIVE_FIELD = "alive_at"
 
 
 def _dumps(value: dict[str, Any]) -> str:
@@ -118,21 +125,25 @@ def _dumps(value: dict[str, Any]) -> str:
 
 
 def side_key(kind: str, task_id: str) -> str:
-    """Key of a record kept beside Celery's meta: ``job`` (sent) or ``detail`` (finished)."""
+    """Key of a record kept beside Celery's meta.
+
+    ``job``: written at send time (owner, herd key, name). ``run``: the alive
+    marker while the job runs, then the steps, messages and counts it left.
+    """
     return f"jobtastic-{kind}-{task_id}"
 
 
 def write_side(
-    backend: Any, kind: str, task_id: str, value: dict[str, Any], expires: int | None = None
+    backend: Any, kind: str, task_id: str, value: dict[str, Any] | str, expires: int | None = None
 ) -> bool:
-    """Store a small JSON record beside the task meta, with the same expiry.
+    """Store a small JSON record beside the task meta (by default with the same expiry).
 
     Only key-value backends (Redis, memcached, in-memory) can hold it; on
     others this returns False and the features that need it stay off.
     """
     if not isinstance(backend, KeyValueStoreBackend):
         return False
-    encoded = json.dumps(value, separators=(",", ":"))
+    encoded = value if isinstance(value, str) else _dumps(value)
     if expires is not None and _accepts_expires(backend):
         backend.set(side_key(kind, task_id), encoded, expires=expires)
     else:
@@ -155,8 +166,7 @@ class JobView:
 
     meta: dict[str, Any]
     job_raw: Any = None
-    detail_raw: Any = None
-    alive_raw: Any = None
+    run_raw: Any = None
     #: False when the backend cannot hold side records, so "alive" means nothing.
     has_side_records: bool = False
 
@@ -168,21 +178,25 @@ class JobView:
     @property
     def detail(self) -> dict[str, Any] | None:
         """Steps, messages and counts saved when the job ended."""
-        return _json(self.detail_raw)
-
-    @property
-    def alive(self) -> dict[str, Any] | None:
-        return _json(self.alive_raw)
+        record = _json(self.run_raw)
+        return None if record is None or ALIVE_FIELD in record else record
 
     @property
     def is_alive(self) -> bool | None:
         """Whether the worker's heartbeat marker exists; None where it cannot."""
-        return bool(self.alive_raw) if self.has_side_records else None
+        if not self.has_side_records:
+            return None
+        record = _json(self.run_raw)
+        return record is not None and ALIVE_FIELD in record
 
 
 def read_job(backend: Any, task_id: str) -> JobView:
-    """Meta, job and detail records of one job, in one round trip where possible."""
+    """Meta and side records of one job, in one round trip where possible."""
     return read_jobs(backend, [task_id])[task_id]
+
+
+#: Records read per job: Celery's meta, then the ``job`` and ``run`` side records.
+_KEYS_PER_JOB = 3
 
 
 def read_jobs(backend: Any, task_ids: Iterable[str]) -> dict[str, JobView]:
@@ -191,14 +205,10 @@ def read_jobs(backend: Any, task_ids: Iterable[str]) -> dict[str, JobView]:
     if not ids:
         return {}
     if isinstance(backend, KeyValueStoreBackend):
+        meta_key = _meta_key_builder(backend)
         keys: list[Any] = []
         for task_id in ids:
-            keys += [
-                backend.get_key_for_task(task_id),
-                side_key("job", task_id),
-                side_key("detail", task_id),
-                side_key("alive", task_id),
-            ]
+            keys += [meta_key(task_id), f"jobtastic-job-{task_id}", f"jobtastic-run-{task_id}"]
         try:
             values = backend.mget(keys)
         except NotImplementedError:
@@ -210,16 +220,29 @@ def read_jobs(backend: Any, task_ids: Iterable[str]) -> dict[str, JobView]:
             else:
                 raw = list(values)
             views: dict[str, JobView] = {}
+            pending = {"status": celery_states.PENDING, "result": None}
             for index, task_id in enumerate(ids):
-                meta_raw, job_raw, detail_raw, alive_raw = raw[4 * index : 4 * index + 4]
-                meta = (
-                    _decode_meta(backend, meta_raw)
-                    if meta_raw
-                    else {"status": celery_states.PENDING, "result": None}
-                )
-                views[task_id] = JobView(meta, job_raw, detail_raw, alive_raw, True)
+                meta_raw, job_raw, run_raw = raw[_KEYS_PER_JOB * index : _KEYS_PER_JOB * index + 3]
+                meta = _decode_meta(backend, meta_raw) if meta_raw else dict(pending)
+                views[task_id] = JobView(meta, job_raw, run_raw, True)
             return views
     return {task_id: JobView(backend.get_task_meta(task_id)) for task_id in ids}
+
+
+def _meta_key_builder(backend: Any) -> Callable[[str], Any]:
+    """``backend.get_key_for_task``, without Celery's per-call encoding where it is plain."""
+    if type(backend).get_key_for_task is KeyValueStoreBackend.get_key_for_task:
+        prefix = backend.task_keyprefix
+        if isinstance(prefix, bytes):
+            encoded = prefix
+
+            def build(task_id: str) -> Any:
+                return encoded + task_id.encode()
+
+            return build
+        if isinstance(prefix, str):
+            return lambda task_id: prefix + task_id
+    return backend.get_key_for_task
 
 
 def _decode_meta(backend: Any, raw: Any) -> dict[str, Any]:

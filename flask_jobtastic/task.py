@@ -15,7 +15,6 @@ import inspect
 import logging
 import os
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -56,6 +55,9 @@ _task_classes: list[type[JobtasticTask]] = []
 _celery_apps: weakref.WeakSet[Celery] = weakref.WeakSet()
 
 _MB = 1_000_000  # SI megabytes, as memleak_threshold is documented
+
+#: Result types that are JSON as they are (no check needed).
+_JSON_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 class _ClassOrInstanceMethod:
@@ -532,9 +534,10 @@ class JobtasticTask(Task):
         meter = ProgressMeter(started_at=monotonic(), interval=interval, smoothing=smoothing)
         local.meter = meter if task_id else None
         local.task_id = task_id
-        local.recorder = StepRecorder(self.steps, max_messages=self.max_messages)
-        local.counter = ItemCounter(max_items=self.max_messages)
+        local.recorder = local.counter = None  # made on first use (``_recorder``)
         local.details_used = bool(self.steps)
+        if self.steps:
+            self._recorder()
         local.herd_key = None
         local.tracked = bool(
             task_id
@@ -555,12 +558,25 @@ class JobtasticTask(Task):
                 local.herd_key = None
         if local.tracked:
             state.registry_call("record_state", task_id, "running", progress=0.0)
-        if task_id and state is not None:
-            self._start_heartbeat(state, task_id, local.herd_key if local.herd_claimed else None)
+        run = local.run = _Run(meter.record(0, 1, monotonic()))
         failure: BaseException | None = None
         try:
-            if task_id:
-                self._write_progress(meter.record(0, 1, monotonic()), alive=True)
+            if task_id and state is not None:
+                # Declared steps and tracked jobs show their state at once; any
+                # other job shows PROGRESS 0 once it has run STARTED_DELAY seconds
+                # (or before its first progress write, whichever comes first).
+                at_once = state.started_delay <= 0 or local.details_used or local.tracked
+                self._start_heartbeat(
+                    state,
+                    task_id,
+                    run,
+                    local.herd_key if local.herd_claimed else None,
+                    None if at_once else state.started_delay,
+                )
+                if at_once:
+                    self._write_progress(run.start_meta)
+            elif task_id:
+                self._write_progress(run.start_meta)
             start = _rss() if self.memleak_threshold >= 0 else 0
             result = self.calculate_result(*args, **kwargs)
             if self.memleak_threshold >= 0:
@@ -569,7 +585,8 @@ class JobtasticTask(Task):
                 if growth > self.memleak_threshold:
                     self.warn_of_memory_leak(growth, start / _MB, end / _MB, tuple(args), kwargs)
             try:
-                json_dumps(result)
+                if type(result) not in _JSON_SCALARS:
+                    json_dumps(result)
             except (TypeError, ValueError) as exc:
                 raise ResultNotSerializable(
                     f"{self.name}.calculate_result returned a value that cannot be stored as "
@@ -586,28 +603,50 @@ class JobtasticTask(Task):
             failure = exc
             raise
         finally:
+            with run.lock:  # no heartbeat write may land after this point
+                run.finished = True
             if task_id:
                 heartbeat.remove(task_id)
             if task_id and local.details_used:
                 self._save_details(local, failure)
             local.meter = None
 
-    def _start_heartbeat(self, state: JobtasticState, task_id: str, herd: str | None) -> None:
+    def _start_heartbeat(
+        self,
+        state: JobtasticState,
+        task_id: str,
+        run: _Run,
+        herd: str | None,
+        started_in: float | None,
+    ) -> None:
         """Keep the job's alive marker and herd key fresh while it runs.
 
-        The first PROGRESS write sets the marker (same round trip); the herd
-        key was just placed with a full timeout at send time.
+        With ``started_in``, the first beat comes after that many seconds and
+        writes PROGRESS 0 with the marker, unless the job wrote progress first;
+        the herd key was placed with a full timeout at send time.
         """
         timeout = self._alive_for()
         backend = self.backend
         cache = state.cache_backend
 
         def renew() -> None:
-            results.write_side(backend, "alive", task_id, {"at": time.time()}, expires=timeout)
+            with run.lock:
+                if run.finished:
+                    return
+                if not run.started:
+                    run.started = True
+                    if not results.write_progress(
+                        backend, task_id, run.start_meta, alive_for=timeout
+                    ):
+                        self.update_state(
+                            task_id=task_id, state=states.PROGRESS, meta=run.start_meta
+                        )
+                else:
+                    results.write_side(backend, "run", task_id, results.alive_marker(), timeout)
             if herd:
                 cache_ops.refresh_herd_key(cache, herd, task_id, timeout)
 
-        heartbeat.add(task_id, timeout, renew)
+        heartbeat.add(task_id, timeout, renew, first_in=started_in)
 
     def _alive_for(self) -> int:
         """Seconds the alive marker and a renewed herd key live without renewal."""
@@ -618,7 +657,7 @@ class JobtasticTask(Task):
         recorder: StepRecorder = local.recorder
         recorder.finish(failed_with=None if isinstance(failure, Ignore) else failure)
         try:
-            results.write_side(self.backend, "detail", local.task_id, self._details(local))
+            results.write_side(self.backend, "run", local.task_id, self._details(local))
         except Exception:
             logger.warning("Could not save the details of job %s", local.task_id, exc_info=True)
 
@@ -629,11 +668,12 @@ class JobtasticTask(Task):
             details.update(local.counter.snapshot())
         return details
 
-    def _write_progress(self, meta: dict[str, Any], alive: bool = False) -> None:
+    def _write_progress(self, meta: dict[str, Any]) -> None:
         """Write PROGRESS meta; a result-backend blip must not kill the job.
 
-        Also the job's moment to notice a cancel: a revoked job stops at its
-        next progress write.
+        The job's first write also sets its alive marker, and is preceded by
+        PROGRESS 0 if the job had not shown it yet. Also the job's moment to
+        notice a cancel: a revoked job stops at its next progress write.
         """
         local = self._local
         task_id = getattr(local, "task_id", None)
@@ -643,18 +683,34 @@ class JobtasticTask(Task):
             self._stop_revoked(local)
         if local.details_used:
             meta = {**meta, **self._details(local)}
-        try:
-            written = results.write_progress(
-                self.backend, task_id, meta, self._alive_for() if alive else None
-            )
-            if not written:
-                self.update_state(task_id=task_id, state=states.PROGRESS, meta=meta)
-        except Exception:
-            logger.warning("Could not write progress of job %s", task_id, exc_info=True)
+        run: _Run = local.run
+        if run.started:
+            self._store_progress(task_id, (meta,), None)
+        else:
+            with run.lock:  # the heartbeat may be writing PROGRESS 0 right now
+                if run.started:
+                    metas: tuple[dict[str, Any], ...] = (meta,)
+                elif meta.get("progress_percent") == 0:
+                    metas = (meta,)
+                else:
+                    metas = (run.start_meta, meta)
+                alive_for = None if run.started else self._alive_for()
+                run.started = True
+                self._store_progress(task_id, metas, alive_for)
         if local.tracked:
             state = getattr(self.app, "_flask_jobtastic_state", None)
             if state is not None:
                 state.registry_call("record_progress", task_id, meta["progress_percent"])
+
+    def _store_progress(
+        self, task_id: str, metas: tuple[dict[str, Any], ...], alive_for: int | None
+    ) -> None:
+        try:
+            if not results.write_progress(self.backend, task_id, *metas, alive_for=alive_for):
+                for meta in metas:
+                    self.update_state(task_id=task_id, state=states.PROGRESS, meta=meta)
+        except Exception:
+            logger.warning("Could not write progress of job %s", task_id, exc_info=True)
 
     def _stop_revoked(self, local: threading.local) -> None:
         """End a running job that was cancelled: REVOKED, not SUCCESS or FAILURE."""
@@ -896,6 +952,21 @@ def _release_on_revoke(sender: Any = None, request: Any = None, **_: Any) -> Non
         state = getattr(sender.app, "_flask_jobtastic_state", None)
         if state is not None and state.registry is not None:
             state.registry_call("record_state", request.id, "revoked")
+
+
+class _Run:
+    """What the job's thread and the heartbeat thread share about one run."""
+
+    __slots__ = ("start_meta", "started", "finished", "lock")
+
+    def __init__(self, start_meta: dict[str, Any]) -> None:
+        #: PROGRESS 0, recorded when the job started.
+        self.start_meta = start_meta
+        #: Whether PROGRESS (and the alive marker) has been written.
+        self.started = False
+        #: Set as the run ends: the heartbeat writes nothing after it.
+        self.finished = False
+        self.lock = threading.Lock()
 
 
 _process: psutil.Process | None = None

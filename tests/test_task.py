@@ -230,6 +230,59 @@ def test_progress_starts_at_0_is_clamped_throttled_and_ends_at_100(app, token, r
     assert any(p["time_remaining"] > 0 for p in progress[1:-1])
 
 
+def test_a_job_shorter_than_the_started_delay_skips_progress_0(app, token, redis_server):
+    # JOBTASTIC_STARTED_DELAY is 0.1 s: a job done sooner goes PENDING -> SUCCESS
+    task_id = str(uuid.uuid4())
+
+    def run() -> None:
+        with app.app_context():
+            assert CountedTask.apply_async(
+                kwargs={"token": token, "seconds": 0}, task_id=task_id
+            ).get(timeout=10) == {"value": None, "token": token}
+
+    statuses = [m["status"] for m in progress_messages(redis_server.url, task_id, run)]
+    assert statuses == ["SUCCESS"]
+
+
+def test_a_job_that_reports_nothing_shows_progress_0_once_the_delay_passed(
+    app, client, token, redis_server
+):
+    task_id = str(uuid.uuid4())
+
+    def run() -> None:
+        with app.app_context():
+            CountedTask.apply_async(kwargs={"token": token, "seconds": 1.0}, task_id=task_id)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            document = client.get(f"/jobtastic/status/{task_id}").get_json()
+            if document["state"] == "PROGRESS":
+                break
+            time.sleep(0.02)
+        # running, with the heartbeat's alive marker: not reported as lost
+        assert document["state"] == "PROGRESS" and document["progress_percent"] == 0
+        assert "error" not in document
+
+    messages = progress_messages(redis_server.url, task_id, run)
+    assert [m["status"] for m in messages] == ["PROGRESS", "SUCCESS"]
+    assert messages[0]["result"]["progress_percent"] == 0
+
+
+def test_a_quick_job_that_reports_progress_still_shows_0_first(app, token, redis_server):
+    task_id = str(uuid.uuid4())
+
+    def run() -> None:
+        with app.app_context():
+            DivisionTask.apply_async(
+                kwargs={"numerators": [1, 2, 3], "denominators": [1, 1, 1], "token": token},
+                task_id=task_id,
+            ).get(timeout=10)
+
+    messages = progress_messages(redis_server.url, task_id, run)
+    percents = [m["result"]["progress_percent"] for m in messages if m["status"] == "PROGRESS"]
+    assert percents == [0, 100]
+    assert messages[-1]["status"] == "SUCCESS"
+
+
 def test_a_million_progress_calls_make_few_backend_writes(app, redis_server):
     task_id = str(uuid.uuid4())
 
