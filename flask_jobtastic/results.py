@@ -48,6 +48,11 @@ def _write(backend: Any, records: list[tuple[Any, str, bool, int | None]]) -> No
 
     if isinstance(backend, RedisBackend):
         default = backend.expires
+        if len(records) == 1 and not records[0][2]:  # one SET: no pipeline to build
+            key, value, _publish, expires = records[0]
+            ttl = expires if expires is not None else default
+            backend.client.set(key, value, ex=int(ttl) if ttl else None)
+            return
         with backend.client.pipeline(transaction=False) as pipe:
             for key, value, publish, expires in records:
                 ttl = expires if expires is not None else default

@@ -289,10 +289,14 @@ class JobtasticTask(Task):
         self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> str:
         """The key shared by every call with the same significant arguments."""
-        assert self._signature is not None
-        arguments = keys.bind_arguments(self.name, self._signature, args, kwargs or {})
+        arguments = self._bind_arguments(args, kwargs or {})
         values = keys.significant_values(self.name, self._significant, arguments)
         return keys.build_cache_key(self.cache_prefix or self.name, values)
+
+    def _bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``calculate_result``'s arguments by name; a TypeError names a bad call."""
+        assert self._signature is not None
+        return keys.bind_arguments(self.name, self._signature, args, kwargs)
 
     def _dispatch(
         self,
@@ -312,10 +316,14 @@ class JobtasticTask(Task):
         description = options.pop("description", None)
         tracked = self.track_state if track_state is None else bool(track_state)
         owner = state.current_owner()
-        cache_key = self.cache_key_for(args, kwargs)
-        if owner is not None and not self.share_across_owners:
-            # one user's cached result or run in flight is not another's
-            cache_key = keys.owner_scoped(cache_key, owner)
+        if herd_avoidance or self.cache_duration >= 0:
+            cache_key = self.cache_key_for(args, kwargs)
+            if owner is not None and not self.share_across_owners:
+                # one user's cached result or run in flight is not another's
+                cache_key = keys.owner_scoped(cache_key, owner)
+        else:  # nothing to look up or claim: only check the arguments fit
+            self._bind_arguments(args, kwargs)
+            cache_key = None
         cache = state.cache_backend
         if self.cache_duration >= 0:
             cached_id = cache_ops.cache_get(cache, keys.result_key(cache_key))
@@ -323,7 +331,7 @@ class JobtasticTask(Task):
                 signals.cache_hit.send(self, task_id=cached_id)
                 return self.AsyncResult(cached_id)
         task_id = options.pop("task_id", None) or str(uuid.uuid4())
-        herd_key = keys.herd_key(cache_key)
+        herd_key = keys.herd_key(cache_key) if herd_avoidance else None
         if herd_avoidance:
             winner, won = cache_ops.claim_herd_key(
                 cache, herd_key, task_id, int(self.herd_avoidance_timeout or 0)
@@ -346,18 +354,18 @@ class JobtasticTask(Task):
                     cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
                     signals.cache_hit.send(self, task_id=cached_id)
                     return self.AsyncResult(cached_id)
+        job = None
+        if owner is not None or self.share_across_owners or herd_key:
+            # who may read it, and the key a cancel frees; a job with none of
+            # these needs no record beside its meta
+            job = {
+                "owner": owner,
+                "shared": bool(self.share_across_owners),
+                "herd_key": herd_key,
+                "name": self.name,
+            }
         try:
-            results.record_queued(
-                self.backend,
-                task_id,
-                {},
-                job={
-                    "owner": owner,
-                    "shared": bool(self.share_across_owners),
-                    "herd_key": herd_key if herd_avoidance else None,
-                    "name": self.name,
-                },
-            )
+            results.record_queued(self.backend, task_id, {}, job=job)
         except Exception:  # the job can still run; its status will show the outage
             logger.warning(
                 "Could not record job %s as queued in the result backend", task_id, exc_info=True
@@ -378,14 +386,15 @@ class JobtasticTask(Task):
                 description=description or self.description,
             )
         headers = options.setdefault("headers", {})
-        headers["jobtastic_key"] = cache_key  # the worker caches and releases under it
+        if cache_key is not None:
+            headers["jobtastic_key"] = cache_key  # the worker caches and releases under it
         if not herd_avoidance:  # the worker then has no herd key to release
             headers["jobtastic_herd"] = False
         options.setdefault("retry_policy", state.publish_retry_policy)
         try:
             result = Task.apply_async(self, args, kwargs, task_id=task_id, **options)
         except state.broker_errors as exc:
-            if herd_avoidance:
+            if herd_key:
                 cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
             logger.error(
                 "Broker unavailable, %s not queued (%s): %s", self.name, on_broker_error, exc
@@ -397,7 +406,7 @@ class JobtasticTask(Task):
                 return self._failed_to_queue(task_id)
             raise
         except EncodeError as exc:
-            if herd_avoidance:
+            if herd_key:
                 cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
             error = TypeError(
                 f"{self.name} was called with {_unsendable(args, kwargs)} that cannot be sent "
@@ -408,7 +417,7 @@ class JobtasticTask(Task):
                 self.backend.mark_as_failure(task_id, error)
             raise error from None
         except Exception:
-            if herd_avoidance:
+            if herd_key:
                 cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
             raise
         signals.job_sent.send(self, task_id=task_id)
@@ -547,10 +556,11 @@ class JobtasticTask(Task):
         )
         local.cache_key = None
         local.herd_claimed = self._header("jobtastic_herd") is not False
-        if task_id and self._header("jobtastic_key"):
-            local.cache_key = self._header("jobtastic_key")
-            local.herd_key = keys.herd_key(local.cache_key)
-        elif task_id:
+        sent_key = self._header("jobtastic_key")
+        if sent_key:
+            local.cache_key = sent_key
+            local.herd_key = keys.herd_key(sent_key)
+        elif task_id and (local.herd_claimed or self.cache_duration >= 0):
             try:
                 local.cache_key = self.cache_key_for(tuple(args), dict(kwargs))
                 local.herd_key = keys.herd_key(local.cache_key)
@@ -942,7 +952,8 @@ def _release_on_revoke(sender: Any = None, request: Any = None, **_: Any) -> Non
     if isinstance(sender, JobtasticTask) and request is not None:
         # the key the sender put on the message (owner-scoped where it applies)
         cache_key = getattr(request, "jobtastic_key", None)
-        if cache_key is None:
+        claimed = getattr(request, "jobtastic_herd", None) is not False
+        if cache_key is None and claimed:
             with contextlib.suppress(TypeError):
                 cache_key = sender.cache_key_for(
                     tuple(request.args or ()), dict(request.kwargs or {})
