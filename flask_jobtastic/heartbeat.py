@@ -39,6 +39,12 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         #: When the thread wakes next on its own; an earlier claim wakes it sooner.
         self._wakes_at = float("inf")
+        #: How long the thread stays up after the last claim went, so that a
+        #: stream of short jobs (each gone before its first beat) does not wake
+        #: it once per job: the shortest first delay asked for.
+        self._linger = MIN_TIMEOUT / 3
+        #: A claim was added since the thread last found nothing to renew.
+        self._added = False
 
     def add(
         self, task_id: str, timeout: float, renew: Callable[[], None], first_in: float | None = None
@@ -48,6 +54,9 @@ class Heartbeat:
         every = max(timeout, MIN_TIMEOUT) / 3
         next_at = time.monotonic() + (every if first_in is None else first_in)
         with self._lock:
+            if first_in is not None and first_in < self._linger:
+                self._linger = first_in
+            self._added = True
             self._claims[task_id] = _Claim(renew, every, next_at)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
@@ -74,8 +83,12 @@ class Heartbeat:
                         min(c.next_at for c in self._claims.values()) - now, 0.01
                     )
                     self._wakes_at = now + wait
-                else:  # nothing to renew: sleep until a claim is added
+                elif self._added:  # nothing to renew now: stay up a little for the next
+                    wait = self._linger
+                    self._wakes_at = now + wait
+                else:  # no claim came while lingering: sleep until one is added
                     wait, self._wakes_at = None, float("inf")
+                self._added = False
             for task_id, claim in due:
                 try:
                     claim.renew()
