@@ -27,7 +27,9 @@ from tests.servers import MemcachedServer, RedisServer, free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 #: The one server setting both status views are measured under (P2, P3, P7).
-GUNICORN_ARGS = ["-w", "2", "-k", "gthread", "--threads", "4"]
+#: One worker process: with two, wrk's few keep-alive connections split
+#: between them by chance (all on one, or half each), which made runs bimodal.
+GUNICORN_ARGS = ["-w", "1", "-k", "gthread", "--threads", "4"]
 
 #: The worker: Celery's default prefork pool, one child per core.
 WORKER_ARGS = ["--pool=prefork", "--concurrency=2"]

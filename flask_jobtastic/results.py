@@ -164,44 +164,33 @@ def _accepts_expires(backend: Any) -> bool:
 
 @dataclass
 class JobView:
-    """What the stores know about one job: Celery's meta plus our side records.
-
-    Side records stay raw until asked for: a batch of 100 rarely needs them all.
-    """
+    """What the stores know about one job: Celery's meta plus our side records."""
 
     meta: dict[str, Any]
-    job_raw: Any = None
-    run_raw: Any = None
+    #: The record written at send time (owner, herd key, task name), if any.
+    job: dict[str, Any] | None = None
+    #: The run record: the alive marker while the job runs, then its details.
+    run: dict[str, Any] | None = None
     #: False when the backend cannot hold side records, so "alive" means nothing.
     has_side_records: bool = False
 
     @property
-    def job(self) -> dict[str, Any] | None:
-        """The record written at send time: owner, herd key, task name."""
-        return _json(self.job_raw)
-
-    @property
     def detail(self) -> dict[str, Any] | None:
         """Steps, messages and counts saved when the job ended."""
-        record = _json(self.run_raw)
-        return None if record is None or ALIVE_FIELD in record else record
+        run = self.run
+        return None if run is None or ALIVE_FIELD in run else run
 
     @property
     def is_alive(self) -> bool | None:
         """Whether the worker's heartbeat marker exists; None where it cannot."""
         if not self.has_side_records:
             return None
-        record = _json(self.run_raw)
-        return record is not None and ALIVE_FIELD in record
+        return self.run is not None and ALIVE_FIELD in self.run
 
 
 def read_job(backend: Any, task_id: str) -> JobView:
     """Meta and side records of one job, in one round trip where possible."""
     return read_jobs(backend, [task_id])[task_id]
-
-
-#: Records read per job: Celery's meta, then the ``job`` and ``run`` side records.
-_KEYS_PER_JOB = 3
 
 
 def read_jobs(backend: Any, task_ids: Iterable[str]) -> dict[str, JobView]:
@@ -224,14 +213,67 @@ def read_jobs(backend: Any, task_ids: Iterable[str]) -> dict[str, JobView]:
                 raw = [by_key.get(_text(key)) for key in keys]
             else:
                 raw = list(values)
-            views: dict[str, JobView] = {}
-            pending = {"status": celery_states.PENDING, "result": None}
-            for index, task_id in enumerate(ids):
-                meta_raw, job_raw, run_raw = raw[_KEYS_PER_JOB * index : _KEYS_PER_JOB * index + 3]
-                meta = _decode_meta(backend, meta_raw) if meta_raw else dict(pending)
-                views[task_id] = JobView(meta, job_raw, run_raw, True)
-            return views
+            return _views(backend, ids, raw)
     return {task_id: JobView(backend.get_task_meta(task_id)) for task_id in ids}
+
+
+def _views(backend: Any, ids: list[str], raw: list[Any]) -> dict[str, JobView]:
+    """Decode ``[meta, job, run] * len(ids)`` stored values into views.
+
+    Every record is JSON text, so all of them go through one ``json.loads``
+    of their concatenation; a record that is not plain JSON takes the slow
+    path on its own.
+    """
+    decoded = _decode_all(raw)
+    views: dict[str, JobView] = {}
+    for index, task_id in enumerate(ids):
+        at = 3 * index
+        meta_raw = raw[at]
+        if not meta_raw:
+            meta: dict[str, Any] = {"status": celery_states.PENDING, "result": None}
+        elif decoded is None or _is_typed(meta_raw):
+            meta = _decode_meta(backend, meta_raw)
+        else:
+            meta = decoded[at]
+            if not isinstance(meta, dict):
+                meta = _decode_meta(backend, meta_raw)
+            elif meta.get("status") in backend.EXCEPTION_STATES:
+                meta = backend.meta_from_decoded(meta)
+        if decoded is None:
+            job, run = _json(raw[at + 1]), _json(raw[at + 2])
+        else:
+            job, run = _dict_or_none(decoded[at + 1]), _dict_or_none(decoded[at + 2])
+        views[task_id] = JobView(meta, job, run, True)
+    return views
+
+
+def _decode_all(raw: list[Any]) -> list[Any] | None:
+    """All stored values as one JSON array; None when any of them is not JSON text."""
+    parts: list[bytes] = []
+    for value in raw:
+        if not value:
+            parts.append(b"null")
+        elif isinstance(value, bytes):
+            parts.append(value)
+        elif isinstance(value, str):
+            parts.append(value.encode("utf-8", "surrogatepass"))
+        else:
+            return None
+    try:
+        decoded = json.loads(b"[" + b",".join(parts) + b"]")
+    except ValueError:
+        return None
+    return decoded if len(decoded) == len(raw) else None
+
+
+def _is_typed(raw: Any) -> bool:
+    """Whether a stored meta holds kombu's typed values (dates, UUIDs, ...)."""
+    marker: Any = b'"__type__"' if isinstance(raw, bytes) else '"__type__"'
+    return marker in raw
+
+
+def _dict_or_none(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
 
 
 def _meta_key_builder(backend: Any) -> Callable[[str], Any]:
