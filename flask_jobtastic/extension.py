@@ -9,6 +9,7 @@ extension may serve several apps.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ def _setting_defaults() -> dict[str, Any]:
 
 def _number(config: Any, key: str, *, minimum: float, allow_equal: bool = True) -> float:
     value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigurationError(f"{key} must be a number, got {value!r}")
     if value < minimum or (value == minimum and not allow_equal):
         bound = ">=" if allow_equal else ">"

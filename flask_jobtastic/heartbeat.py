@@ -49,12 +49,13 @@ class Heartbeat:
     def add(
         self, task_id: str, timeout: float, renew: Callable[[], None], first_in: float | None = None
     ) -> None:
-        """Call ``renew()`` after ``first_in`` seconds (default ``timeout / 3``), then
-        every ``timeout / 3`` seconds, until ``remove``."""
+        """Call ``renew()`` after ``first_in`` seconds (at most, and by default,
+        ``timeout / 3``), then every ``timeout / 3`` seconds, until ``remove``."""
         every = max(timeout, MIN_TIMEOUT) / 3
-        next_at = time.monotonic() + (every if first_in is None else first_in)
+        first_in = every if first_in is None else min(max(first_in, 0.0), every)
+        next_at = time.monotonic() + first_in
         with self._lock:
-            if first_in is not None and first_in < self._linger:
+            if first_in < self._linger:
                 self._linger = first_in
             self._added = True
             self._claims[task_id] = _Claim(renew, every, next_at)

@@ -107,11 +107,12 @@ def write_progress(
     if not isinstance(backend, KeyValueStoreBackend):
         return False
     key = backend.get_key_for_task(task_id)
-    records: list[tuple[Any, str, bool, int | None]] = [
+    records: list[tuple[Any, str, bool, int | None]] = []
+    if alive_for is not None:  # first, so no reader sees PROGRESS without it
+        records.append((side_key("run", task_id), alive_marker(), False, alive_for))
+    records += [
         (key, backend.encode(_meta(task_id, "PROGRESS", info)), True, None) for info in infos
     ]
-    if alive_for is not None:
-        records.append((side_key("run", task_id), alive_marker(), False, alive_for))
     _write(backend, records)
     return True
 
@@ -123,6 +124,9 @@ def alive_marker() -> str:
 
 #: The field that marks a run record as "still running" rather than the details it left.
 ALIVE_FIELD = "alive_at"
+#: When the job ended, in the details record: the job counts as alive for
+#: ``alive_for`` seconds more, while Celery stores its final state.
+ENDED_FIELD = "ended_at"
 
 
 def _dumps(value: dict[str, Any]) -> str:
@@ -185,7 +189,16 @@ class JobView:
         """Whether the worker's heartbeat marker exists; None where it cannot."""
         if not self.has_side_records:
             return None
-        return self.run is not None and ALIVE_FIELD in self.run
+        run = self.run
+        if run is None:
+            return False
+        if ALIVE_FIELD in run:
+            return True
+        ended_at, alive_for = run.get(ENDED_FIELD), run.get("alive_for")
+        if isinstance(ended_at, int | float) and isinstance(alive_for, int | float):
+            # the details are written just before Celery stores the result
+            return time.time() - ended_at < alive_for
+        return False
 
 
 def read_job(backend: Any, task_id: str) -> JobView:

@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -638,23 +639,29 @@ class JobtasticTask(Task):
         timeout = self._alive_for()
         backend = self.backend
         cache = state.cache_backend
+        request = self.request  # the job thread's: the heartbeat thread has none
 
         def renew() -> None:
+            # Under the run's lock, so nothing lands after the run ended (or
+            # after a later progress write), and no herd key is put back after
+            # the run released it.
             with run.lock:
                 if run.finished:
                     return
-                if not run.started:
-                    run.started = True
+                if not run.started:  # the first beat: PROGRESS 0 and the marker
+                    if task_id in worker_state.revoked:
+                        return  # stopping: REVOKED must not be overwritten
                     if not results.write_progress(
                         backend, task_id, run.start_meta, alive_for=timeout
                     ):
-                        self.update_state(
-                            task_id=task_id, state=states.PROGRESS, meta=run.start_meta
+                        backend.store_result(
+                            task_id, run.start_meta, states.PROGRESS, request=request
                         )
-                else:
-                    results.write_side(backend, "run", task_id, results.alive_marker(), timeout)
-            if herd:
-                cache_ops.refresh_herd_key(cache, herd, task_id, timeout)
+                    run.started = True
+                    return  # the herd key was placed with a full timeout at send time
+                results.write_side(backend, "run", task_id, results.alive_marker(), timeout)
+                if herd:
+                    cache_ops.refresh_herd_key(cache, herd, task_id, timeout)
 
         heartbeat.add(task_id, timeout, renew, first_in=started_in)
 
@@ -667,7 +674,11 @@ class JobtasticTask(Task):
         recorder: StepRecorder = local.recorder
         recorder.finish(failed_with=None if isinstance(failure, Ignore) else failure)
         try:
-            results.write_side(self.backend, "run", local.task_id, self._details(local))
+            # still "alive" until Celery stores the final state just after this
+            record = {results.ENDED_FIELD: time.time(), "alive_for": self._alive_for()}
+            results.write_side(
+                self.backend, "run", local.task_id, {**record, **self._details(local)}
+            )
         except Exception:
             logger.warning("Could not save the details of job %s", local.task_id, exc_info=True)
 
@@ -705,8 +716,8 @@ class JobtasticTask(Task):
                 else:
                     metas = (run.start_meta, meta)
                 alive_for = None if run.started else self._alive_for()
-                run.started = True
                 self._store_progress(task_id, metas, alive_for)
+                run.started = True
         if local.tracked:
             state = getattr(self.app, "_flask_jobtastic_state", None)
             if state is not None:
@@ -726,6 +737,10 @@ class JobtasticTask(Task):
         """End a running job that was cancelled: REVOKED, not SUCCESS or FAILURE."""
         task_id = local.task_id
         logger.info("Job %s was revoked while running; stopping it", task_id)
+        run: _Run | None = getattr(local, "run", None)
+        if run is not None:
+            with run.lock:  # the heartbeat must not write PROGRESS over REVOKED
+                run.finished = True
         try:
             self.backend.mark_as_revoked(task_id, reason="revoked")
         except Exception:
@@ -958,7 +973,7 @@ def _release_on_revoke(sender: Any = None, request: Any = None, **_: Any) -> Non
                 cache_key = sender.cache_key_for(
                     tuple(request.args or ()), dict(request.kwargs or {})
                 )
-        if cache_key is not None:
+        if cache_key is not None and claimed:
             release_herd_key_by_key(sender, keys.herd_key(cache_key), request.id)
         state = getattr(sender.app, "_flask_jobtastic_state", None)
         if state is not None and state.registry is not None:

@@ -116,6 +116,7 @@ def test_given_cache_is_used():
         ("JOBTASTIC_PROGRESS_INTERVAL", "fast", "must be a number"),
         ("JOBTASTIC_STARTED_DELAY", -0.5, "JOBTASTIC_STARTED_DELAY must be >= 0"),
         ("JOBTASTIC_STARTED_DELAY", float("nan"), "must be a number"),
+        ("JOBTASTIC_STARTED_DELAY", float("inf"), "must be a number"),
         ("JOBTASTIC_URL_PREFIX", "jobs", "starting with '/'"),
         ("JOBTASTIC_BATCH_LIMIT", 0, "positive int"),
         ("JOBTASTIC_CACHE", {"CACHE_DIR": "/tmp"}, "CACHE_TYPE"),

@@ -69,3 +69,14 @@ def test_a_failing_renewal_is_logged_and_the_others_go_on(caplog):
     beat.remove("broken")
     beat.remove("fine")
     assert "Could not renew the claim of job broken" in caplog.text
+
+
+def test_a_first_delay_longer_than_the_renewal_period_is_capped_to_it():
+    # otherwise a claim would expire before its first renewal
+    beat = Heartbeat()
+    calls, called, renew = _recorder()
+    added = time.monotonic()
+    beat.add("job", MIN_TIMEOUT, renew, first_in=3600)
+    assert called.wait(MIN_TIMEOUT)
+    assert calls[0] - added < MIN_TIMEOUT / 3 + 0.3
+    beat.remove("job")
