@@ -253,3 +253,15 @@ class SharedReportTask(JobtasticTask):
         count_run(token)
         time.sleep(0.3)
         return token
+
+
+class AppContextTask(JobtasticTask):
+    """Reads the Flask app and its config: the job runs inside the app context."""
+
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 10
+
+    def calculate_result(self, token: str) -> dict:
+        from flask import current_app
+
+        return {"app": current_app.name, "prefix": current_app.config["JOBTASTIC_URL_PREFIX"]}

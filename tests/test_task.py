@@ -14,6 +14,7 @@ from celery.signals import before_task_publish
 
 from tests import tasks
 from tests.tasks import (
+    AppContextTask,
     CountedTask,
     DivisionTask,
     FailingTask,
@@ -346,3 +347,12 @@ def test_memleak_disabled_and_override_receives_figures(app, token):
     growth, start, end, kwargs = seen[0]
     assert growth == pytest.approx(end - start) and growth > 10
     assert kwargs["megabytes"] == 20
+
+
+def test_the_job_runs_inside_the_flask_app_context_on_the_worker(app, token):
+    with app.app_context():
+        result = AppContextTask.delay_or_fail(token=token)
+        assert result.get(timeout=10) == {"app": "tests", "prefix": "/jobtastic"}
+    # and in the calling process too, when run eagerly without an app context
+    eager = AppContextTask.apply(kwargs={"token": token})
+    assert eager.get(timeout=10) == {"app": "tests", "prefix": "/jobtastic"}
