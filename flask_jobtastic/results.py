@@ -129,6 +129,15 @@ ALIVE_FIELD = "alive_at"
 ENDED_FIELD = "ended_at"
 
 
+def details_record(details: dict[str, Any], alive_for: int) -> dict[str, Any]:
+    """The run record a job leaves: its details, and when it ended.
+
+    Written just before Celery stores the final state; until then the job
+    still reads as alive (see ``JobView.is_alive``).
+    """
+    return {ENDED_FIELD: time.time(), "alive_for": alive_for, **details}
+
+
 def _dumps(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -186,7 +195,8 @@ class JobView:
 
     @property
     def is_alive(self) -> bool | None:
-        """Whether the worker's heartbeat marker exists; None where it cannot."""
+        """Whether the worker's heartbeat marker exists (or the job just ended and
+        Celery is storing its result); None where it cannot be known."""
         if not self.has_side_records:
             return None
         run = self.run
@@ -215,7 +225,7 @@ def read_jobs(backend: Any, task_ids: Iterable[str]) -> dict[str, JobView]:
         meta_key = _meta_key_builder(backend)
         keys: list[Any] = []
         for task_id in ids:
-            keys += [meta_key(task_id), f"jobtastic-job-{task_id}", f"jobtastic-run-{task_id}"]
+            keys += [meta_key(task_id), side_key("job", task_id), side_key("run", task_id)]
         try:
             values = backend.mget(keys)
         except NotImplementedError:

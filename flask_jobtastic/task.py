@@ -15,7 +15,6 @@ import inspect
 import logging
 import os
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -679,11 +678,8 @@ class JobtasticTask(Task):
         recorder: StepRecorder = local.recorder
         recorder.finish(failed_with=None if isinstance(failure, Ignore) else failure)
         try:
-            # still "alive" until Celery stores the final state just after this
-            record = {results.ENDED_FIELD: time.time(), "alive_for": self._alive_for()}
-            results.write_side(
-                self.backend, "run", local.task_id, {**record, **self._details(local)}
-            )
+            record = results.details_record(self._details(local), self._alive_for())
+            results.write_side(self.backend, "run", local.task_id, record)
         except Exception:
             logger.warning("Could not save the details of job %s", local.task_id, exc_info=True)
 

@@ -64,9 +64,7 @@ def test_details_left_at_the_end_keep_the_job_alive_only_while_celery_stores_the
     task_id = str(uuid.uuid4())
     results.write_progress(backend, task_id, {"progress_percent": 100}, alive_for=5)
     steps = [{"key": "load", "state": "done"}]
-    results.write_side(
-        backend, "run", task_id, {results.ENDED_FIELD: time.time(), "alive_for": 5, "steps": steps}
-    )
+    results.write_side(backend, "run", task_id, results.details_record({"steps": steps}, 5))
     view = results.read_job(backend, task_id)
     assert view.is_alive is True  # not reported as a lost worker in that instant
     assert view.detail["steps"] == steps
