@@ -13,6 +13,7 @@ import redis
 from celery.signals import before_task_publish
 
 from tests import tasks
+from tests.polling import poll
 from tests.tasks import (
     AppContextTask,
     CountedTask,
@@ -253,12 +254,7 @@ def test_a_job_that_reports_nothing_shows_progress_0_once_the_delay_passed(
     def run() -> None:
         with app.app_context():
             CountedTask.apply_async(kwargs={"token": token, "seconds": 1.0}, task_id=task_id)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            document = client.get(f"/jobtastic/status/{task_id}").get_json()
-            if document["state"] == "PROGRESS":
-                break
-            time.sleep(0.02)
+        _, document = poll(client, task_id, lambda doc: doc["state"] == "PROGRESS", timeout=10)
         # running, with the heartbeat's alive marker: not reported as lost
         assert document["state"] == "PROGRESS" and document["progress_percent"] == 0
         assert "error" not in document

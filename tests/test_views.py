@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
+from tests.polling import poll
 from tests.tasks import DivisionTask, FailingTask, SlowProgressTask
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
-
-
-def poll(client, task_id, predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = client.get(f"/jobtastic/status/{task_id}")
-        document = response.get_json()
-        if predicate(document):
-            return response, document
-        time.sleep(0.05)
-    raise AssertionError(f"status of {task_id} never matched; last {document}")
 
 
 def test_malformed_id_is_400_json(client):
