@@ -1,25 +1,36 @@
 # The two commands of the README: `make test` and `make demo`.
-PYTHON ?= python3
-PIP ?= $(PYTHON) -m pip
+# Both work in a virtual environment of their own (.venv), so a system Python
+# that refuses `pip install` (PEP 668, Debian's "externally-managed-environment")
+# is never touched.
+SYSTEM_PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PIP := $(PYTHON) -m pip --disable-pip-version-check
 
-.PHONY: test demo install bench lint
+.PHONY: test demo install bench lint venv
 
-install:
+$(PYTHON):
 	./scripts/system-deps.sh
-	$(PIP) install --quiet --disable-pip-version-check -e ".[test]"
+	$(SYSTEM_PYTHON) -m venv $(VENV)
+
+venv: $(PYTHON)
+
+install: venv
+	./scripts/system-deps.sh
+	$(PIP) install --quiet -e ".[test]"
 
 test: install
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest
 
-demo:
-	$(PIP) install --quiet --disable-pip-version-check -e .
+demo: venv
+	$(PIP) install --quiet -e .
 	$(PYTHON) -m example_app
 
 bench: install
-	$(PIP) install --quiet --disable-pip-version-check -e ".[bench]"
+	$(PIP) install --quiet -e ".[bench]"
 	$(PYTHON) -m benchmarks
 
-lint:
+lint: install
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .

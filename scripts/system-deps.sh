@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system programs the test suite starts itself: memcached,
-# redis-server, Chromium (for the browser tests) and wrk (for the benchmarks).
+# redis-server, Chromium (for the browser tests), wrk (for the benchmarks) and,
+# on a Debian system Python, python3-venv (for the Makefile's .venv).
 # Debian/Ubuntu, as root.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)  # the benchmarks' load generator
+# `make` builds its own virtual environment; Debian's Python needs python3-venv for it.
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
