@@ -315,3 +315,16 @@ class SharedLongTask(CancellableTask):
     """``CancellableTask`` whose run is shared by every owner asking the same."""
 
     share_across_owners = True
+
+
+class RetryLaterTask(JobtasticTask):
+    """Fails once, then retries after a countdown longer than its herd timeout."""
+
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 2
+
+    def calculate_result(self, token: str, countdown: float = 4.0) -> int:
+        attempt = count_run(token)
+        if attempt < 2:
+            raise self.retry(countdown=countdown, max_retries=2)
+        return attempt
