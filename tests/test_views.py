@@ -84,3 +84,15 @@ def test_seed_division_example_through_the_endpoint(app, client, token):
         )
     _, done = poll(client, result.id, lambda d: d["ready"])
     assert done["result"][:3] == [0.0, 1.0, 4 / 3]
+
+
+def test_batch_status_by_post_only_reads_and_needs_no_header(client):
+    """As the README says: only the POSTs that change something need X-Requested-With."""
+    task_id = str(uuid.uuid4())
+    response = client.post("/jobtastic/status", json={"task_ids": [task_id]})
+    assert response.status_code == 200
+    assert response.get_json()["tasks"][task_id]["state"] == "UNKNOWN"
+    refused = client.post(f"/jobtastic/cancel/{task_id}")
+    assert (
+        refused.status_code == 400 and "X-Requested-With" in refused.get_json()["error"]["message"]
+    )
