@@ -328,3 +328,9 @@ class RetryLaterTask(JobtasticTask):
         if attempt < 2:
             raise self.retry(countdown=countdown, max_retries=2)
         return attempt
+
+
+class BriefHeartbeatTask(CancellableTask):
+    """``CancellableTask`` with the shortest heartbeat (its marker lives 3 s)."""
+
+    herd_avoidance_timeout = 2

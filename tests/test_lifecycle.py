@@ -178,3 +178,49 @@ def test_two_apps_in_one_process_each_send_through_their_own_celery(token):
     finally:
         close_app(first)
         close_app(second)
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_a_result_backend_pause_longer_than_the_heartbeat_never_flips_a_final_state(
+    app, redis_server, token
+):
+    """The one Redis stops answering (SIGSTOP) for longer than the alive marker
+    lives while a page polls, then comes back: whatever the page saw, a final
+    state stays. (Which side the resumed server answers first decides whether
+    the page sees WorkerLost; the test above forces that case.)"""
+    import signal
+    import threading
+
+    from tests.tasks import BriefHeartbeatTask
+
+    client = app.test_client()
+    with app.app_context():
+        result = BriefHeartbeatTask.delay_or_fail(token=token, steps=80, pause=0.1)
+    wait_for(client, result.id, lambda d: d["state"] == "PROGRESS", headers={})
+    seen: list[dict] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            response = client.get(f"/jobtastic/status/{result.id}")
+            if response.status_code == 200:
+                seen.append(response.get_json())
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        time.sleep(4.5)  # the marker lives 3 s
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while not (seen and seen[-1]["ready"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    done.set()
+    watcher.join(5)
+    states = [d["state"] for d in seen]
+    assert seen and seen[-1]["ready"], states[-5:]
+    first_final = next(i for i, d in enumerate(seen) if d["ready"])
+    assert {d["state"] for d in seen[first_final:]} == {seen[first_final]["state"]}, states
