@@ -50,6 +50,9 @@ class ProgressMeter:
     last_completed: float = 0
     last_total: float = 0
     last_percent: float = -1.0
+    #: What the job last reported, written or not (a detail flush writes these).
+    reported_completed: float = 0
+    reported_total: float = 0
     rate: float | None = None
     #: Set by the task whenever the job reports progress, written or not.
     touched: bool = False

@@ -307,7 +307,7 @@ class StepRecorder:
         elif step.state == RUNNING:
             raise ValueError(f"step {key!r} is already running")
         else:
-            if name is not None:
+            if name is not None and not step.declared:  # a declared step keeps its name
                 step.name = name
             if step.state != PENDING:
                 step.detail = None

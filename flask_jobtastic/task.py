@@ -237,6 +237,8 @@ class JobtasticTask(Task):
         if meter is None:
             return
         meter.touched = True
+        meter.reported_completed = completed  # a detail flush writes what was reported
+        meter.reported_total = total
         if completed < total and completed - meter.last_completed < update_frequency:
             return
         now = monotonic()
@@ -767,7 +769,9 @@ class JobtasticTask(Task):
         if counted is not None:
             completed, total = counted
         else:
-            completed, total = meter.last_completed, meter.last_total or 1
+            # what the job last reported, not what was last written: a flush
+            # (which resets the throttle) must carry the progress it delays
+            completed, total = meter.reported_completed, meter.reported_total or 1
         self._write_progress(meter.record(completed, total, now))
 
     # -- steps, messages and counts (rich progress) ------------------------------

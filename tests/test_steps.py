@@ -5,6 +5,9 @@ import json
 import pytest
 
 from flask_jobtastic.steps import StepRecorder
+from tests import strict
+from tests.polling import poll
+from tests.tasks import DeclaredStepTask
 
 
 class FakeClock:
@@ -271,3 +274,47 @@ def test_finish_closes_running_steps_as_done_or_failed() -> None:
     assert steps["later"]["state"] == "pending"
     assert snap["steps_summary"] == "1 of 2 steps finished, 1 failed"
     json.dumps(snap)
+
+
+def test_a_declared_step_keeps_its_name_however_it_is_started() -> None:
+    for start in (
+        lambda rec: rec.step("render").__enter__(),
+        lambda rec: rec.step("Other words", key="render").__enter__(),
+        lambda rec: rec.start_step("render", "Other words"),
+        lambda rec: rec.start_step("render"),
+    ):
+        rec = StepRecorder([("render", "Render the rows")], clock=FakeClock())
+        start(rec)
+        assert [(s["key"], s["name"], s["state"]) for s in rec.snapshot()["steps"]] == [
+            ("render", "Render the rows", "running")
+        ]
+
+
+def test_a_step_that_was_not_declared_takes_the_name_of_each_start() -> None:
+    rec = StepRecorder(clock=FakeClock())
+    rec.start_step("load", "Load")
+    rec.start_step("load", "Load again")
+    assert by_key(rec.snapshot())["load"]["name"] == "Load again"
+
+
+# -- on a real worker: step errors and declared names, as users see them --------------
+
+
+def _ready(client, task_id):
+    return strict.wait_ready(client, task_id)
+
+
+@pytest.mark.usefixtures("celery_worker")
+@pytest.mark.parametrize("how", ["with", "with_key", "start"])
+def test_a_declared_step_keeps_its_declared_name_however_it_is_started(app, client, token, how):
+    with app.app_context():
+        result = DeclaredStepTask.delay_or_fail(token=token, how=how)
+    _, running = poll(
+        client,
+        result.id,
+        lambda d: d["state"] == "PROGRESS" and d["steps"][0]["state"] == "running",
+    )
+    final = _ready(client, result.id)
+    for document in (running, final):
+        assert [(s["key"], s["name"]) for s in document["steps"]] == [("render", "Render the rows")]
+    assert final["steps"][0]["state"] == "done"
