@@ -37,6 +37,7 @@ from . import keys, results, signals, states
 from .counts import ItemCounter
 from .errors import BrokerUnavailable, ResultNotSerializable
 from .heartbeat import MIN_TIMEOUT, heartbeat
+from .jsonsafe import HINT, NotJSONError, to_json
 from .progress import ProgressMeter
 from .status import error_id_for
 from .steps import StepRecorder
@@ -55,9 +56,6 @@ _task_classes: list[type[JobtasticTask]] = []
 _celery_apps: weakref.WeakSet[Celery] = weakref.WeakSet()
 
 _MB = 1_000_000  # SI megabytes, as memleak_threshold is documented
-
-#: Result types that are JSON as they are (no check needed).
-_JSON_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 class _ClassOrInstanceMethod:
@@ -601,13 +599,12 @@ class JobtasticTask(Task):
                 growth = (end - start) / _MB
                 if growth > self.memleak_threshold:
                     self.warn_of_memory_leak(growth, start / _MB, end / _MB, tuple(args), kwargs)
-            try:
-                if type(result) not in _JSON_SCALARS:
-                    json_dumps(result)
-            except (TypeError, ValueError) as exc:
+            try:  # the rule of jsonsafe: convert (datetimes, UUIDs, ...) or refuse
+                result = to_json(result, "result")
+            except NotJSONError as exc:
                 raise ResultNotSerializable(
-                    f"{self.name}.calculate_result returned a value that cannot be stored as "
-                    f"JSON ({exc}); return dicts, lists, strings, numbers, booleans or None"
+                    f"{self.name}.calculate_result returned a value that cannot be stored "
+                    f"as JSON: {exc}; {HINT}"
                 ) from None
             if task_id and (meter.touched or local.details_used):
                 # the last PROGRESS reads 100 (a job that never reported progress

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import time
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
@@ -76,6 +78,29 @@ def test_a_detail_flush_writes_the_progress_last_reported_not_last_written():
     meter.record(0, 40, 0.0)
     meter.reported_completed, meter.reported_total = 12, 40
     assert meter.record(meter.reported_completed, meter.reported_total, 1.0)["completed"] == 12
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(float("nan"), ValueError), (float("inf"), ValueError), ("3", TypeError), (None, TypeError)],
+)
+def test_progress_that_strict_json_cannot_carry_is_refused_naming_it(value, error):
+    meter = ProgressMeter(started_at=0.0)
+    with pytest.raises(error, match="update_progress: completed must be a"):
+        meter.record(value, 10, 1.0)
+    with pytest.raises(error, match="update_progress: total must be a"):
+        meter.record(1, value, 1.0)
+
+
+class Count(int):
+    """An int of its own kind, as numpy's or an ORM's counts are."""
+
+
+def test_other_real_numbers_are_written_as_plain_ints_and_floats():
+    meta = ProgressMeter(started_at=0.0).record(Decimal("2.5"), Count(10), 1.0)
+    assert (meta["completed"], meta["total"]) == (2.5, 10)
+    assert type(meta["completed"]) is float and type(meta["total"]) is int
+    assert ProgressMeter(started_at=0.0).record(Fraction(1, 4), 1, 1.0)["completed"] == 0.25
 
 
 @pytest.mark.usefixtures("celery_worker")
