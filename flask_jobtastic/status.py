@@ -36,6 +36,10 @@ _CORE_KEYS = frozenset({"task_id", "state", "ready", "progress_percent", "time_r
 GENERIC_FAILURE = (
     "The job failed. If this keeps happening, contact support and quote error id {error_id}."
 )
+#: A failed step's message when it is not meant for the user.
+GENERIC_STEP_FAILURE = (
+    "This step failed. If this keeps happening, contact support and quote error id {error_id}."
+)
 #: The error type of a record that cannot be read or shown.
 UNREADABLE = "UnreadableRecord"
 UNREADABLE_MESSAGE = (
@@ -131,6 +135,35 @@ def _seconds_left(value: Any) -> float:
 DETAIL_KEYS = ("steps", "steps_summary", "messages", "counts")
 
 
+def public_steps(task_id: str, steps: Any, *, expose: bool) -> Any:
+    """``steps`` with each failed step's error as the job's error is shown.
+
+    The worker stores a step's message with ``user_facing`` (raised as
+    ``JobFailed``); any other message becomes the generic one with the job's
+    error id, unless ``expose``. A stored error without the flag (another
+    program, an older version) counts as not meant for the user.
+    """
+    if not isinstance(steps, list):
+        return steps
+    shown = []
+    for step in steps:
+        error = step.get("error") if isinstance(step, dict) else None
+        if isinstance(error, dict):
+            error_id = error_id_for(task_id)
+            message = error.get("message")
+            if not (error.get("user_facing") is True or expose) or not isinstance(message, str):
+                message = GENERIC_STEP_FAILURE.format(error_id=error_id)
+            kind = error.get("type")
+            public = {
+                "type": kind if isinstance(kind, str) else "Error",
+                "message": message,
+                "error_id": error_id,
+            }
+            step = {**step, "error": public}
+        shown.append(step)
+    return shown
+
+
 def _field(task_id: str, key: str, value: Any, expose: bool) -> tuple[bool, Any]:
     """``(True, shown value)``, or ``(False, None)`` for a value no rule can show."""
     try:
@@ -138,6 +171,8 @@ def _field(task_id: str, key: str, value: Any, expose: bool) -> tuple[bool, Any]
     except NotJSONError as exc:
         logger.warning("Job %s: the stored %r is left out of its status (%s)", task_id, key, exc)
         return False, None
+    if key == "steps":
+        value = public_steps(task_id, value, expose=expose)
     return True, value
 
 

@@ -777,10 +777,25 @@ class JobtasticTask(Task):
         recorder = getattr(self._local, "recorder", None)
         if recorder is None:  # called outside a run (a unit test calling calculate_result)
             recorder = self._local.recorder = StepRecorder(
-                self.steps, max_messages=self.max_messages
+                self.steps, max_messages=self.max_messages, on_failure=self._log_step_failure
             )
             self._local.counter = ItemCounter(max_items=self.max_messages)
         return recorder
+
+    def _log_step_failure(self, step_key: str, exc: BaseException) -> None:
+        """Log a failed step with the error id its generic message quotes."""
+        task_id = getattr(self._local, "task_id", None)
+        if task_id:
+            logger.warning(
+                "Job %s (%s) step %r failed, error id %s: %s: %s",
+                task_id,
+                self.name,
+                step_key,
+                error_id_for(task_id),
+                type(exc).__name__,
+                exc,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
 
     def _counter(self) -> ItemCounter:
         self._recorder()

@@ -9,6 +9,7 @@ import redis
 
 from flask_jobtastic import JobFailed
 from flask_jobtastic.status import (
+    GENERIC_STEP_FAILURE,
     UNREADABLE_MESSAGE,
     build_status,
     error_id_for,
@@ -169,6 +170,59 @@ def test_a_failure_of_odd_stored_values_still_reads_as_a_failure():
         assert doc["state"] == "FAILURE" and error_id_for(TID) in doc["error"]["message"]
 
 
+# -- step errors follow the rule of job errors ------------------------------------
+
+STEPS = [
+    {"key": "a", "state": "done", "error": None},
+    {
+        "key": "b",
+        "state": "failed",
+        "error": {"type": "OperationalError", "message": "pw=hunter2", "user_facing": False},
+    },
+    {
+        "key": "c",
+        "state": "failed",
+        "error": {"type": "JobFailed", "message": "No header row", "user_facing": True},
+    },
+    {"key": "d", "state": "failed", "error": {"type": "KeyError", "message": "older: no flag"}},
+]
+
+
+@pytest.mark.parametrize("where", ["progress", "detail"])
+def test_step_errors_are_generic_unless_meant_for_the_user(where):
+    if where == "progress":
+        meta = {"status": "PROGRESS", "task_id": TID, "result": {"steps": STEPS}}
+        doc = build_status(TID, meta)
+    else:
+        meta = {"status": "SUCCESS", "task_id": TID, "result": 1}
+        doc = build_status(TID, meta, detail={"steps": STEPS})
+    errors = {step["key"]: step["error"] for step in _strict(doc)["steps"]}
+    generic = GENERIC_STEP_FAILURE.format(error_id=error_id_for(TID))
+    assert errors["a"] is None
+    assert errors["b"] == {
+        "type": "OperationalError",
+        "message": generic,
+        "error_id": error_id_for(TID),
+    }
+    assert errors["c"] == {
+        "type": "JobFailed",
+        "message": "No header row",
+        "error_id": error_id_for(TID),
+    }
+    assert errors["d"]["message"] == generic  # no flag: not meant for the user
+    assert "hunter2" not in json.dumps(doc)
+
+
+def test_exposed_errors_show_step_messages_as_stored():
+    meta = {"status": "PROGRESS", "task_id": TID, "result": {"steps": STEPS}}
+    doc = build_status(TID, meta, expose_errors=True)
+    assert [s["error"]["message"] for s in doc["steps"][1:]] == [
+        "pw=hunter2",
+        "No header row",
+        "older: no flag",
+    ]
+
+
 # -- foreign records planted in the real Redis result backend ----------------------
 
 
@@ -198,7 +252,7 @@ def test_a_foreign_record_gives_a_clear_document_on_every_endpoint(client, plant
         assert document["state"] == expected
     if document["state"] == "FAILURE":
         assert error_id_for(task_id) in document["error"]["message"]
-    assert "rm -rf" not in json.dumps(document)
+    assert "hunter2" not in json.dumps(document) and "rm -rf" not in json.dumps(document)
     # one foreign record does not take a batch of good ones down with it
     unknown = str(uuid.uuid4())
     documents = strict.batch(client, task_id, unknown)
