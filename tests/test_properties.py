@@ -992,7 +992,7 @@ def result_jobs(celery_worker: Any, redis_server: Any) -> Iterator[tuple[Flask, 
             for kind in RETURNED
         ]
         running = ReturnsTask.apply_async(
-            kwargs={"token": token, "kind": "plain", "seconds": 20.0}, track_state=True
+            kwargs={"token": token, "kind": "plain", "seconds": 6.0}, track_state=True
         ).id
     meta_of = app.extensions["jobtastic"].celery.backend.get_task_meta
     deadline = time.monotonic() + 30
