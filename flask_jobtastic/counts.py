@@ -5,28 +5,30 @@ did not and which ones, so the user can act on the failures without reading
 logs. The item lists keep only the newest ``max_items`` entries so the
 PROGRESS meta stays small.
 
+Item names follow the one rule of ``jsonsafe``: datetimes, UUIDs, paths and
+the like are listed as text, and a value strict JSON cannot carry (bytes,
+NaN, objects) is refused with a ``TypeError`` naming it.
+
 A counter belongs to one running job, which runs in one thread: there are no
 locks.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import Any
 
-#: Item values that already survive ``json.dumps`` and the browser's JSON.parse.
-_PLAIN = (str, int, bool, type(None))
+from .jsonsafe import HINT, NotJSONError, to_json
 
 
-def _json_safe(item: Any) -> Any:
-    """``item`` as stored in the meta: plain values kept, anything else as text."""
-    if isinstance(item, _PLAIN):
-        return item
-    if isinstance(item, float):
-        # NaN and infinities are not JSON the browser can parse.
-        return item if math.isfinite(item) else str(item)
-    return str(item)
+def _listed(item: Any, field: str) -> Any:
+    """``item`` as listed in the meta, by the rule of ``jsonsafe`` (or a clear TypeError)."""
+    try:
+        return to_json(item, "item")
+    except NotJSONError as exc:
+        raise TypeError(
+            f'a counted item cannot be listed in counts["{field}"], {exc}; {HINT}'
+        ) from None
 
 
 def _check_count(value: object, what: str) -> int:
@@ -58,16 +60,16 @@ class ItemCounter:
 
     def add_one_success(self, item: Any = None) -> None:
         """Count one item that went through; ``item`` (if given) is listed."""
+        if item is not None:  # refused before it is counted
+            self._succeeded.append(_listed(item, "succeeded"))
         self.success += 1
-        if item is not None:
-            self._succeeded.append(_json_safe(item))
         self._dirty = True
 
     def add_one_failure(self, item: Any = None) -> None:
         """Count one item that did not go through; ``item`` (if given) is listed."""
+        if item is not None:  # refused before it is counted
+            self._failed.append(_listed(item, "failed"))
         self.failure += 1
-        if item is not None:
-            self._failed.append(_json_safe(item))
         self._dirty = True
 
     def track(self, is_success: bool, item: Any = None) -> None:

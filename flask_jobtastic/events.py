@@ -9,21 +9,23 @@ run the app under a server built for long connections.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from . import results
+from . import jsonsafe, results
 from .status import build_status, document_for
 
 logger = logging.getLogger("flask_jobtastic")
 
 
 def format_event(document: dict[str, Any], event: str = "status") -> str:
-    """One SSE message: an event name and the JSON document on one data line."""
-    return f"event: {event}\ndata: {json.dumps(document, separators=(',', ':'))}\n\n"
+    """One SSE message: an event name and the strict JSON document on one data line.
+
+    Documents come from ``status.build_status``, strict JSON by construction.
+    """
+    return f"event: {event}\ndata: {jsonsafe.dumps(document)}\n\n"
 
 
 def _redis_client(backend: Any) -> Any | None:
@@ -77,7 +79,7 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
                     yield _unavailable_event(task_id)
                     return
                 if message and message.get("type") == "message":
-                    meta = backend.decode_result(message["data"])
+                    meta = results.decode_meta(backend, task_id, message["data"])
             else:
                 time.sleep(state.events_poll_interval)
                 try:

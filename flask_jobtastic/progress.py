@@ -7,7 +7,10 @@ user's loop, the rest only when a write is due.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 #: ``time_remaining`` when there is no estimate yet.
@@ -31,7 +34,33 @@ def time_remaining(completed: float, total: float, rate: float | None) -> float:
     if rate is None or rate <= 0 or completed <= 0 or total <= 0:
         return NO_ESTIMATE
     left = max(total - completed, 0)
-    return round(left / rate, 1)
+    seconds = left / rate
+    return round(seconds, 1) if math.isfinite(seconds) else NO_ESTIMATE
+
+
+def finite_number(value: Any, name: str) -> int | float:
+    """``value`` as a plain int or float for the PROGRESS meta, or a clear error.
+
+    The meta is strict JSON: NaN and infinities, which browsers cannot parse,
+    are refused like anything that is not a real number.
+    """
+    if type(value) is int:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | Decimal):
+        raise TypeError(f"update_progress: {name} must be a number, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(
+            f"update_progress: {name} must be a finite number, got {value!r} "
+            "(strict JSON has no NaN or Infinity)"
+        )
+    return number
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 @dataclass
@@ -50,6 +79,9 @@ class ProgressMeter:
     last_completed: float = 0
     last_total: float = 0
     last_percent: float = -1.0
+    #: What the job last reported, written or not (a detail flush writes these).
+    reported_completed: float = 0
+    reported_total: float = 0
     rate: float | None = None
     #: Set by the task whenever the job reports progress, written or not.
     touched: bool = False
@@ -73,7 +105,13 @@ class ProgressMeter:
         return now - self.last_write_at >= self.interval
 
     def record(self, completed: float, total: float, now: float) -> dict[str, Any]:
-        """Note a write at ``now`` and return the PROGRESS meta for it."""
+        """Note a write at ``now`` and return the PROGRESS meta for it.
+
+        ``completed`` and ``total`` must be finite real numbers (see
+        ``finite_number``); the meta holds them as plain ints or floats.
+        """
+        completed = finite_number(completed, "completed")
+        total = finite_number(total, "total")
         elapsed = now - self._sample_at
         done = completed - self._sample_completed
         if elapsed > 0 and done > 0:
@@ -82,6 +120,7 @@ class ProgressMeter:
                 self.rate = sample
             else:
                 self.rate = self.smoothing * sample + (1 - self.smoothing) * self.rate
+            self.rate = _finite_or_none(self.rate)  # only astronomic counts overflow
             self._sample_at = now
             self._sample_completed = completed
         self.last_write_at = now

@@ -355,9 +355,9 @@ class RedisRegistryStore:
     def _decode(raw: Mapping[Any, Any]) -> JobRecord | None:
         if not raw:
             return None
-        data = {_text(k): _text(v) for k, v in raw.items()}
         try:
-            return JobRecord(
+            data = {_text(k): _text(v) for k, v in raw.items()}
+            record = JobRecord(
                 id=data["id"],
                 task_name=data["task_name"],
                 owner=data.get("owner"),
@@ -373,6 +373,11 @@ class RedisRegistryStore:
         except (KeyError, ValueError):
             # A half-written or foreign hash is treated as absent, not a crash.
             return None
+        numbers = (record.created_at, record.updated_at, record.progress)
+        optional = (record.seen_at, record.finished_at)
+        if not all(map(math.isfinite, numbers + tuple(v for v in optional if v is not None))):
+            return None  # NaN or Infinity: not strict JSON, so not a record of ours
+        return record
 
 
 class Registry:

@@ -17,6 +17,8 @@ from typing import Any
 from celery import states as celery_states
 from celery.backends.base import BaseKeyValueStoreBackend as KeyValueStoreBackend
 
+from .status import unreadable_meta
+
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
@@ -253,23 +255,41 @@ def _views(backend: Any, ids: list[str], raw: list[Any]) -> dict[str, JobView]:
     views: dict[str, JobView] = {}
     for index, task_id in enumerate(ids):
         at = 3 * index
-        meta_raw = raw[at]
-        if not meta_raw:
-            meta: dict[str, Any] = {"status": celery_states.PENDING, "result": None}
-        elif decoded is None or _is_typed(meta_raw):
-            meta = _decode_meta(backend, meta_raw)
-        else:
-            meta = decoded[at]
-            if not isinstance(meta, dict):
-                meta = _decode_meta(backend, meta_raw)
-            elif meta.get("status") in backend.EXCEPTION_STATES:
-                meta = backend.meta_from_decoded(meta)
+        meta = decode_meta(backend, task_id, raw[at], None if decoded is None else decoded[at])
         if decoded is None:
             job, run = _json(raw[at + 1]), _json(raw[at + 2])
         else:
             job, run = _dict_or_none(decoded[at + 1]), _dict_or_none(decoded[at + 2])
         views[task_id] = JobView(meta, job, run, True)
     return views
+
+
+def decode_meta(backend: Any, task_id: str, raw: Any, decoded: Any = None) -> dict[str, Any]:
+    """One job's meta from its stored (or published) text; never raises.
+
+    A corrupt or foreign record (not JSON, not an object, an exception Celery
+    cannot rebuild) reads as ``status.unreadable_meta``: one bad record must
+    not take a whole batch, or an event stream, down with it.
+    """
+    try:
+        return _stored_meta(backend, raw, decoded)
+    except Exception as exc:
+        return unreadable_meta(task_id, f"its meta cannot be decoded ({type(exc).__name__})")
+
+
+def _stored_meta(backend: Any, raw: Any, decoded: Any) -> dict[str, Any]:
+    """One job's meta from its stored text (``decoded``: the batch decode, if it worked)."""
+    if not raw:
+        return {"status": celery_states.PENDING, "result": None}
+    if decoded is None or _is_typed(raw) or not isinstance(decoded, dict):
+        meta = _decode_meta(backend, raw)
+    elif decoded.get("status") in backend.EXCEPTION_STATES:
+        meta = backend.meta_from_decoded(decoded)
+    else:
+        meta = decoded
+    if not isinstance(meta, dict):
+        raise TypeError(f"a stored meta is a {type(meta).__name__}, not an object")
+    return meta
 
 
 def _decode_all(raw: list[Any]) -> list[Any] | None:
@@ -344,7 +364,12 @@ def _json(raw: Any) -> dict[str, Any] | None:
 
 
 def read_meta(backend: Any, task_id: str) -> dict[str, Any]:
-    """The task meta for one id (Celery's placeholder when nothing is stored)."""
+    """The task meta for one id (Celery's placeholder when nothing is stored).
+
+    Raises only when the backend does not answer; see ``decode_meta``.
+    """
+    if isinstance(backend, KeyValueStoreBackend):
+        return decode_meta(backend, task_id, backend.get(backend.get_key_for_task(task_id)))
     return backend.get_task_meta(task_id)
 
 

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal
 
+from .errors import JobFailed
+
 StepState = Literal["pending", "running", "done", "failed"]
 
 PENDING: StepState = "pending"
@@ -36,13 +38,22 @@ DONE: StepState = "done"
 FAILED: StepState = "failed"
 
 
-def _describe(exc: BaseException) -> dict[str, str]:
-    """The JSON-safe ``error`` entry for ``exc``; a broken ``__str__`` must not hide it."""
+def _describe(exc: BaseException) -> dict[str, Any]:
+    """The stored ``error`` entry for ``exc``; a broken ``__str__`` must not hide it.
+
+    The message is kept with whether it is meant for the user (``JobFailed``):
+    the status document shows it only then, or with ``JOBTASTIC_EXPOSE_ERRORS``,
+    a setting of the web side (see ``status.public_steps``).
+    """
     try:
         message = str(exc)
-    except Exception:  # pragma: no cover - pathological exception classes only
-        message = repr(exc)
-    return {"type": type(exc).__name__, "message": message}
+    except Exception:
+        message = f"<{type(exc).__name__} with an unprintable message>"
+    return {
+        "type": type(exc).__name__,
+        "message": message,
+        "user_facing": isinstance(exc, JobFailed),
+    }
 
 
 @dataclass
@@ -57,7 +68,7 @@ class _Step:
     started_at: float | None = None
     ended_at: float | None = None
     detail: str | None = None
-    error: dict[str, str] | None = None
+    error: dict[str, Any] | None = None
     run: int = 0
     children: list[str] = field(default_factory=list)
 
@@ -114,6 +125,7 @@ class StepRecorder:
         *,
         max_messages: int = 50,
         clock: Callable[[], float] = time.time,
+        on_failure: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         if isinstance(declared, str):
             raise TypeError("declared must be a sequence of step names, not one string")
@@ -122,6 +134,7 @@ class StepRecorder:
         if max_messages < 0:
             raise ValueError(f"max_messages must be 0 or more, got {max_messages}")
         self._clock = clock
+        self._on_failure = on_failure
         self._steps: dict[str, _Step] = {}
         self._roots: list[str] = []
         self._stack: list[_Open] = []
@@ -239,8 +252,8 @@ class StepRecorder:
 
     def finish(self, failed_with: BaseException | None = None) -> None:
         """Close every running step when the job ends: done, or failed with ``failed_with``."""
-        while self._stack:
-            self._close(self._stack.pop(), failed_with)
+        while self._stack:  # the job's own failure is reported by the job
+            self._close(self._stack.pop(), failed_with, report=False)
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON-safe ``steps``, ``steps_summary`` and ``messages``; clears the flags."""
@@ -307,7 +320,7 @@ class StepRecorder:
         elif step.state == RUNNING:
             raise ValueError(f"step {key!r} is already running")
         else:
-            if name is not None:
+            if name is not None and not step.declared:  # a declared step keeps its name
                 step.name = name
             if step.state != PENDING:
                 step.detail = None
@@ -319,7 +332,7 @@ class StepRecorder:
         self._changed(urgent=True)
         return _Open(key=key, run=step.run, scoped=scoped)
 
-    def _close(self, opened: _Open, error: BaseException | None) -> None:
+    def _close(self, opened: _Open, error: BaseException | None, *, report: bool = True) -> None:
         step = self._steps[opened.key]
         if step.run != opened.run or step.state != RUNNING:
             return
@@ -328,11 +341,14 @@ class StepRecorder:
             step.state = DONE
             self._changed(urgent=True)
         else:
-            self._fail(step, error)
+            self._fail(step, error, report=report)
 
-    def _fail(self, step: _Step, error: BaseException) -> None:
+    def _fail(self, step: _Step, error: BaseException, *, report: bool = True) -> None:
         step.state = FAILED
         step.error = _describe(error)
+        if report and self._on_failure is not None and error is not self.latest_exception:
+            # once per exception, however many nested steps it ends
+            self._on_failure(step.key, error)
         self.latest_exception = error
         self._changed(urgent=True)
 

@@ -39,6 +39,7 @@ from . import keys, results, signals, states
 from .counts import ItemCounter
 from .errors import BrokerUnavailable, JobStopped, ResultNotSerializable
 from .heartbeat import MIN_TIMEOUT, heartbeat
+from .jsonsafe import HINT, NotJSONError, to_json
 from .progress import ProgressMeter
 from .status import error_id_for
 from .steps import StepRecorder
@@ -64,9 +65,6 @@ MIN_HERD_TIMEOUT = int(MIN_TIMEOUT)
 #: A message older than this when its run starts may have missed the cancel
 #: broadcast (no worker was listening): the run asks the result backend first.
 _CHECK_CANCEL_AFTER = 1.0
-
-#: Result types that are JSON as they are (no check needed).
-_JSON_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 class _ClassOrInstanceMethod:
@@ -288,6 +286,8 @@ class JobtasticTask(Task):
         if meter is None:
             return
         meter.touched = True
+        meter.reported_completed = completed  # a detail flush writes what was reported
+        meter.reported_total = total
         if completed < total and completed - meter.last_completed < update_frequency:
             return
         now = monotonic()
@@ -683,13 +683,12 @@ class JobtasticTask(Task):
                 growth = (end - start) / _MB
                 if growth > self.memleak_threshold:
                     self.warn_of_memory_leak(growth, start / _MB, end / _MB, tuple(args), kwargs)
-            try:
-                if type(result) not in _JSON_SCALARS:
-                    json_dumps(result)
-            except (TypeError, ValueError) as exc:
+            try:  # the rule of jsonsafe: convert (datetimes, UUIDs, ...) or refuse
+                result = to_json(result, "result")
+            except NotJSONError as exc:
                 raise ResultNotSerializable(
-                    f"{self.name}.calculate_result returned a value that cannot be stored as "
-                    f"JSON ({exc}); return dicts, lists, strings, numbers, booleans or None"
+                    f"{self.name}.calculate_result returned a value that cannot be stored "
+                    f"as JSON: {exc}; {HINT}"
                 ) from None
             if task_id and (meter.touched or local.details_used):
                 # the last PROGRESS reads 100 (a job that never reported progress
@@ -928,7 +927,9 @@ class JobtasticTask(Task):
         if counted is not None:
             completed, total = counted
         else:
-            completed, total = meter.last_completed, meter.last_total or 1
+            # what the job last reported, not what was last written: a flush
+            # (which resets the throttle) must carry the progress it delays
+            completed, total = meter.reported_completed, meter.reported_total or 1
         self._write_progress(meter.record(completed, total, now))
 
     # -- steps, messages and counts (rich progress) ------------------------------
@@ -937,10 +938,25 @@ class JobtasticTask(Task):
         recorder = getattr(self._local, "recorder", None)
         if recorder is None:  # called outside a run (a unit test calling calculate_result)
             recorder = self._local.recorder = StepRecorder(
-                self.steps, max_messages=self.max_messages
+                self.steps, max_messages=self.max_messages, on_failure=self._log_step_failure
             )
             self._local.counter = ItemCounter(max_items=self.max_messages)
         return recorder
+
+    def _log_step_failure(self, step_key: str, exc: BaseException) -> None:
+        """Log a failed step with the error id its generic message quotes."""
+        task_id = getattr(self._local, "task_id", None)
+        if task_id:
+            logger.warning(
+                "Job %s (%s) step %r failed, error id %s: %s: %s",
+                task_id,
+                self.name,
+                step_key,
+                error_id_for(task_id),
+                type(exc).__name__,
+                exc,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
 
     def _counter(self) -> ItemCounter:
         self._recorder()

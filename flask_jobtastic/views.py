@@ -8,7 +8,6 @@ leak nothing. State-changing endpoints are POST and need an
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -27,7 +26,7 @@ from flask import (
 from werkzeug.routing import PathConverter
 
 from . import cache as cache_ops
-from . import results, states
+from . import jsonsafe, results, states
 from .assets import asset_dir
 from .events import event_stream
 from .registry import JobNotFinished
@@ -190,8 +189,9 @@ def batch_status() -> Any:
             documents[task_id] = _document(state, task_id, view)
         else:
             documents[task_id] = build_status(task_id, None)
-    # one compact dump: at 100 documents Flask's sorted, pretty-capable jsonify shows
-    body = json.dumps({"tasks": documents}, separators=(",", ":"))
+    # one compact dump: at 100 documents Flask's sorted, pretty-capable jsonify shows;
+    # strict (no NaN), as every document is (``status.build_status``)
+    body = jsonsafe.dumps({"tasks": documents})
     return _no_store(current_app.response_class(body, mimetype="application/json"))
 
 

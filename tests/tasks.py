@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, date, datetime
+from datetime import time as dt_time
+from decimal import Decimal
+from pathlib import PurePosixPath
 from typing import Any
+from uuid import UUID
 
 import redis
 
@@ -334,3 +339,107 @@ class BriefHeartbeatTask(CancellableTask):
     """``CancellableTask`` with the shortest heartbeat (its marker lives 3 s)."""
 
     herd_avoidance_timeout = 2
+
+
+# -- the JSON rule, step errors, details before progress -------------------------
+
+#: What ``ReturnsTask`` returns for each ``kind``: every type strict JSON cannot
+#: carry as it is, nested too.
+RETURNED: dict[str, Any] = {
+    "bytes": {"rows": [0, 1, 2, b"\x00raw"]},
+    "datetime": datetime(2024, 5, 1, 12, 30, 5, tzinfo=UTC),
+    "date": date(2024, 5, 1),
+    "time": dt_time(7, 8, 9),
+    "decimal": Decimal("12.50"),
+    "uuid": UUID("0b8f0d39-9a38-4c55-9d7e-4a1c7b0f6a11"),
+    "nan": {"mean": float("nan")},
+    "infinity": [1.0, float("inf")],
+    "tuple": (1, "a", None),
+    "nested": {
+        "when": [date(2024, 5, 1), (Decimal("1.5"), UUID(int=1))],
+        "at": {"t": datetime(2024, 5, 1, 12, 0)},
+    },
+    "set": {"tags": {"a"}},
+    "plain": {"rows": [1, 2.5, "x", None, True]},
+}
+
+
+class ReturnsTask(JobtasticTask):
+    """Reports progress, a step, a message and a counted item, then returns ``RETURNED[kind]``."""
+
+    significant_kwargs = ["token", "kind"]
+    herd_avoidance_timeout = 30
+
+    def calculate_result(self, token: str, kind: str, seconds: float = 0.3) -> Any:
+        with self.step("Compute"):
+            self.notify(f"computing {kind}")
+            self.set_amount(2)
+            self.add_one_success(date(2024, 5, 1))
+            time.sleep(seconds)
+            self.add_one_success(PurePosixPath("/srv/a.csv"))
+        return RETURNED[kind]
+
+
+#: The kind of secret a raw exception message gives away.
+SECRET = "postgresql://admin:hunter2@db.internal/prod is unreachable"
+
+
+class StepErrorTask(JobtasticTask):
+    """A step fails the way ``how`` says; the job goes on unless the failure propagates."""
+
+    significant_kwargs = ["token", "how"]
+    herd_avoidance_timeout = 30
+
+    def calculate_result(self, token: str, how: str) -> str:
+        if how == "continue":
+            with self.step("Load", continue_on_error=True):
+                raise RuntimeError(SECRET)
+        elif how == "user_facing":
+            with self.step("Load", continue_on_error=True):
+                raise JobFailed("The file has no header row")
+        elif how == "end_step":
+            self.start_step("load", "Load")
+            self.end_step(error=RuntimeError(SECRET))
+        elif how == "raise":
+            with self.step("Load"):
+                raise RuntimeError(SECRET)
+        return token
+
+
+class DetailsFirstTask(JobtasticTask):
+    """Each item calls ``update_step`` or ``notify`` before ``update_progress``."""
+
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+
+    def calculate_result(self, token: str, how: str, items: int = 40) -> str:
+        with self.step("Rows"):
+            for number in range(items):
+                if how == "notify":
+                    self.notify(f"row {number}")
+                else:
+                    self.update_step(f"row {number}")
+                self.update_progress(number, items)
+                time.sleep(0.05)
+        return token
+
+
+class DeclaredStepTask(JobtasticTask):
+    """One declared step, started by its key the way ``how`` says."""
+
+    significant_kwargs = ["token", "how"]
+    herd_avoidance_timeout = 30
+    steps = [("render", "Render the rows")]
+
+    def calculate_result(self, token: str, how: str, seconds: float = 1.0) -> str:
+        if how == "with":
+            with self.step("render"):
+                time.sleep(seconds)
+        elif how == "with_key":
+            with self.step("Another name", key="render"):
+                time.sleep(seconds)
+        else:
+            self.start_step("render")
+            time.sleep(seconds)
+            self.end_step()
+        return token

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -38,16 +40,30 @@ def test_pending_is_none_without_amount_and_never_negative() -> None:
     assert counter.pending == 0
 
 
-def test_item_lists_keep_the_newest_and_are_json_safe() -> None:
-    counter = ItemCounter(max_items=2)
-    for item in ["one", Path("/tmp/two"), 3.5, float("nan"), {"k": 1}]:
+def test_item_lists_keep_the_newest_and_follow_the_json_rule() -> None:
+    counter = ItemCounter(max_items=3)
+    when = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
+    for item in ["one", Path("/tmp/two"), 3.5, when, ("a", 1), {"k": 1}]:
         counter.add_one_success(item)
     counter.add_one_failure(True)
     counts = counter.snapshot()["counts"]
-    assert counter.success == 5
-    assert counts["succeeded"] == ["nan", "{'k': 1}"]
+    assert counter.success == 6
+    assert counts["succeeded"] == ["2024-05-01T12:30:00+00:00", ["a", 1], {"k": 1}]
     assert counts["failed"] == [True]
     json.loads(json.dumps(counts, allow_nan=False))
+
+
+@pytest.mark.parametrize(
+    ("item", "named"),
+    [(b"raw", "item: bytes"), (float("nan"), "item: float NaN"), ({"x": {1, 2}}, 'item["x"]: set')],
+)
+def test_an_item_json_cannot_carry_is_refused_naming_it_and_not_counted(
+    item: object, named: str
+) -> None:
+    counter = ItemCounter(2)
+    with pytest.raises(TypeError, match=re.escape(f'counts["failed"], {named}')):
+        counter.add_one_failure(item)
+    assert counter.failure == 0 and counter.snapshot()["counts"]["failed"] == []
 
 
 def test_progress_tuple() -> None:

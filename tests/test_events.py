@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import pytest
 import redis
 
 from flask_jobtastic.events import format_event
+from tests import strict
 from tests.tasks import SlowProgressTask
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
@@ -90,3 +92,33 @@ def test_stream_of_malformed_and_unknown_ids(client):
     assert client.get("/jobtastic/events/nope").status_code == 400
     unknown = client.get("/jobtastic/events/0b8f0d39-9a38-4c55-9d7e-4a1c7b0f6a11")
     assert unknown.status_code == 404 and unknown.get_json()["state"] == "UNKNOWN"
+
+
+def test_foreign_messages_on_the_channel_give_strict_documents(client, redis_server):
+    """What another program (or an older version) publishes never breaks the stream."""
+    task_id = str(uuid.uuid4())
+    key = f"celery-task-meta-{task_id}"
+    admin = redis.Redis.from_url(redis_server.url)
+    progress = (
+        b'{"status": "PROGRESS", "result": {"progress_percent": NaN, "rate": Infinity,'
+        b' "completed": 1, "total": 4}, "task_id": "%s"}' % task_id.encode()
+    )
+    admin.set(key, progress, ex=300)
+    admin.set(f"jobtastic-run-{task_id}", json.dumps({"alive_at": time.time()}), ex=300)
+    response = client.get(f"/jobtastic/events/{task_id}", buffered=False)
+    events = strict.sse_events(response.response)
+    try:
+        name, first = next(events)
+        assert name == "status" and first["state"] == "PROGRESS"
+        assert first["progress_percent"] == 0 and "rate" not in first
+        admin.publish(key, progress.replace(b"NaN", b"50"))
+        name, second = next(events)
+        assert second["state"] == "PROGRESS" and second["progress_percent"] == 50
+        admin.publish(key, b"\x80\x04 not json at all")
+        name, last = next(events)
+        assert last["state"] == "FAILURE" and last["error"]["type"] == "UnreadableRecord"
+        assert list(events) == []  # a final state ends the stream
+    finally:
+        response.close()
+        admin.delete(key, f"jobtastic-run-{task_id}")
+        admin.close()

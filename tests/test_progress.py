@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import time
+from decimal import Decimal
+from fractions import Fraction
+
 import pytest
 
 from flask_jobtastic.progress import NO_ESTIMATE, ProgressMeter, percent, time_remaining
+from tests import strict
+from tests.tasks import DetailsFirstTask
 
 
 @pytest.mark.parametrize(
@@ -65,3 +71,58 @@ def test_million_calls_make_few_writes():
             meter.record(i + 1, 1_000_000, now)
             writes += 1
     assert writes <= 10 / 0.5 + 2
+
+
+def test_a_detail_flush_writes_the_progress_last_reported_not_last_written():
+    meter = ProgressMeter(started_at=0.0, interval=0.5)
+    meter.record(0, 40, 0.0)
+    meter.reported_completed, meter.reported_total = 12, 40
+    assert meter.record(meter.reported_completed, meter.reported_total, 1.0)["completed"] == 12
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(float("nan"), ValueError), (float("inf"), ValueError), ("3", TypeError), (None, TypeError)],
+)
+def test_progress_that_strict_json_cannot_carry_is_refused_naming_it(value, error):
+    meter = ProgressMeter(started_at=0.0)
+    with pytest.raises(error, match="update_progress: completed must be a"):
+        meter.record(value, 10, 1.0)
+    with pytest.raises(error, match="update_progress: total must be a"):
+        meter.record(1, value, 1.0)
+
+
+class Count(int):
+    """An int of its own kind, as numpy's or an ORM's counts are."""
+
+
+def test_other_real_numbers_are_written_as_plain_ints_and_floats():
+    meta = ProgressMeter(started_at=0.0).record(Decimal("2.5"), Count(10), 1.0)
+    assert (meta["completed"], meta["total"]) == (2.5, 10)
+    assert type(meta["completed"]) is float and type(meta["total"]) is int
+    assert ProgressMeter(started_at=0.0).record(Fraction(1, 4), 1, 1.0)["completed"] == 0.25
+
+
+@pytest.mark.usefixtures("celery_worker")
+@pytest.mark.parametrize("how", ["update_step", "notify"])
+def test_details_reported_before_progress_do_not_hold_the_bar_back(app, client, token, how):
+    """``update_step``/``notify`` before ``update_progress`` in each loop: the bar moves."""
+    with app.app_context():
+        result = DetailsFirstTask.delay_or_fail(token=token, how=how, items=40)
+    running = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        document = strict.status(client, result.id)
+        if document["ready"]:
+            break
+        if document["state"] == "PROGRESS":
+            running.append(document)
+        time.sleep(0.05)
+    assert document["state"] == "SUCCESS"
+    moving = [d for d in running if 0 < d["progress_percent"] < 100]
+    assert len(moving) >= 3, [(d["progress_percent"], d.get("total")) for d in running]
+    for document in moving:
+        assert document["total"] == 40
+        assert document["progress_percent"] == pytest.approx(
+            100 * document["completed"] / 40, abs=0.1
+        )

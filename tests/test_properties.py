@@ -1,22 +1,25 @@
-"""Property-based tests: cache keys, dispatch arguments, every endpoint's inputs, owners.
+"""Property-based tests: cache keys, dispatch arguments, every endpoint's inputs, owners,
+and every endpoint over jobs returning every result type.
 
-No worker is needed: the jobs sent here stay queued (PENDING) on a queue of their own,
-so a session-wide test worker never picks them up.
+Sections 1 to 4 need no worker: the jobs sent there stay queued (PENDING) on a queue of
+their own, so a session-wide test worker never picks them up. Section 5 runs real jobs
+on the real worker, beside foreign records planted in the real Redis result backend.
 
 Where a property found a library bug, a focused property below the broad ones asserts
 the right behaviour (and fails until the bug is fixed); the broad property then leaves
 out only that one input shape, saying which test covers it.
 """
 
-# Generated cases: 11,700 in all (the sum of every max_examples below).
-#   Passing properties, 11,100: cache keys 2,000 + key distinctness 2,000 + prefixes 1,500
+# Generated cases: 12,100 in all (the sum of every max_examples below).
+#   Passing properties, 11,500: cache keys 2,000 + key distinctness 2,000 + prefixes 1,500
 #   + bytes vs their escape 100 + cache_key_for 500 + delay_or_fail 300
 #   + single-job endpoints 1,500 (4 requests each) + batch GET 1,000 + batch POST JSON 1,000
-#   + batch raw bodies 800 + job-list endpoints 300 + owner isolation 100.
+#   + batch raw bodies 800 + job-list endpoints 300 + owner isolation 100
+#   + every endpoint over every result type and foreign records 400.
 #   Known-bug properties, 600: unencodable arguments 100 + trailing-newline id 200
 #   + newline in a path id 200 + deeply nested JSON 50 + identical calls of two owners 50
 #   (each stops at its first counterexample while its bug stands).
-# About 80 s on 2 cores; HTTP goes through the Flask test client to real Redis/memcached.
+# About 90 s on 2 cores; HTTP goes through the Flask test client to real Redis/memcached.
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import os
 import re
 import string
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
@@ -34,6 +38,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, Phase, assume, given, settings
@@ -44,7 +49,9 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.test import EnvironBuilder, TestResponse
 
 from flask_jobtastic import JobtasticTask, defaults, keys
+from tests import strict
 from tests.app_factory import close_app, create_app
+from tests.tasks import RETURNED, ReturnsTask
 
 # Hypothesis keeps caches (and writes patches of failing examples) in ./.hypothesis:
 # keep them out of the repository unless HYPOTHESIS_STORAGE_DIRECTORY says where.
@@ -960,3 +967,115 @@ def test_identical_calls_from_two_owners_each_get_a_job_they_can_read(
     for who, task_id in sent.items():
         response = _send(client, "GET", f"/jobtastic/status/{task_id}", headers={"X-User": who})
         assert response.status_code == 200, f"{who!r} was handed job {task_id}, unreadable"
+
+
+# -- 5. every endpoint over jobs returning every result type, and foreign records ------
+
+RESULT_OWNER = "result-owner"
+ENDPOINTS = ("status", "batch GET", "batch POST", "events", "cancel", "jobs", "jobs.html", "seen")
+
+
+@pytest.fixture(scope="module")
+def result_jobs(celery_worker: Any, redis_server: Any) -> Iterator[tuple[Flask, list[str]]]:
+    """An app and the ids of: one finished job per result type of ``tests.tasks.RETURNED``
+    (tracked, so the job list shows them), one still running, and every foreign record
+    of ``tests.strict.FOREIGN`` planted in the real Redis result backend."""
+    app = create_app(
+        owner_header="X-User", JOBTASTIC_ALLOW_UNOWNED=True, JOBTASTIC_EVENTS_MAX_SECONDS=1.0
+    )
+    token = uuid.uuid4().hex
+    with app.test_request_context(headers={"X-User": RESULT_OWNER}):
+        finished = [
+            ReturnsTask.apply_async(
+                kwargs={"token": token, "kind": kind, "seconds": 0.05}, track_state=True
+            ).id
+            for kind in RETURNED
+        ]
+        running = ReturnsTask.apply_async(
+            kwargs={"token": token, "kind": "plain", "seconds": 6.0}, track_state=True
+        ).id
+    meta_of = app.extensions["jobtastic"].celery.backend.get_task_meta
+    deadline = time.monotonic() + 30
+    while not all(meta_of(task_id)["status"] in ("SUCCESS", "FAILURE") for task_id in finished):
+        assert time.monotonic() < deadline, "the result-type jobs did not finish"
+        time.sleep(0.1)
+    backend = redis.Redis.from_url(redis_server.url)
+    planted, keys = [], []
+    for raw, _ in strict.FOREIGN.values():
+        task_id, written = strict.plant(backend, raw)
+        planted.append(task_id)
+        keys += written
+    yield app, [*finished, running, *planted, str(uuid.uuid4())]
+    backend.delete(*keys)
+    backend.close()
+    close_app(app)
+
+
+def _call(client: FlaskClient, endpoint: str, ids: list[str], headers: dict[str, str]) -> Any:
+    """One request to ``endpoint``; ``(status code, bodies to parse as strict JSON)``."""
+    if endpoint == "status":
+        response = client.get(f"/jobtastic/status/{ids[0]}", headers=headers)
+    elif endpoint == "batch GET":
+        response = client.get(f"/jobtastic/status?ids={','.join(ids)}", headers=headers)
+    elif endpoint == "batch POST":
+        response = client.post("/jobtastic/status", json={"task_ids": ids}, headers=headers)
+    elif endpoint == "cancel":
+        response = client.post(f"/jobtastic/cancel/{ids[0]}", headers=headers)
+    elif endpoint == "seen":
+        response = client.post(f"/jobtastic/jobs/{ids[0]}/seen", headers=headers)
+    elif endpoint == "jobs":
+        response = client.get("/jobtastic/jobs?all=1", headers=headers)
+    elif endpoint == "jobs.html":
+        response = client.get("/jobtastic/jobs.html", headers=headers)
+    else:
+        response = client.get(f"/jobtastic/events/{ids[0]}", headers=headers, buffered=False)
+        try:
+            if response.mimetype == "text/event-stream":
+                return response.status_code, [
+                    json.dumps(payload) for _, payload in strict.sse_events(response.response)
+                ]
+        finally:
+            response.close()
+    if response.mimetype != "application/json":
+        assert endpoint == "jobs.html" and response.mimetype == "text/html", response.mimetype
+        return response.status_code, []
+    return response.status_code, [response.get_data()]
+
+
+def test_no_result_type_or_foreign_record_makes_any_endpoint_fail(
+    result_jobs: tuple[Flask, list[str]],
+) -> None:
+    """Every endpoint, jobs returning each result type and foreign records: no 5xx, and
+    every JSON body (every event too) strict JSON. The tally is printed (``-s``)."""
+    app, ids = result_jobs
+    client = app.test_client(use_cookies=False)
+    tally: dict[str, dict[str, int]] = {name: {} for name in ENDPOINTS}
+
+    @cases(400)
+    @given(
+        endpoint=st.sampled_from(ENDPOINTS),
+        picks=st.lists(st.sampled_from(ids), min_size=1, max_size=6),
+        owner=st.sampled_from([RESULT_OWNER, "someone-else", None]),
+        requested_with=st.booleans(),
+    )
+    def one_request(endpoint: str, picks: list[str], owner: str | None, requested_with: bool):
+        headers = {"X-User": owner} if owner else {}
+        if requested_with:
+            headers["X-Requested-With"] = "XMLHttpRequest"
+        try:
+            code, bodies = _call(client, endpoint, picks, headers)
+        except Exception:  # TESTING re-raises what production answers with a 500
+            code, bodies = 500, []
+        kinds = [f"{code // 100}xx"]
+        for body in bodies:
+            try:
+                strict.strict_loads(body)
+            except ValueError:
+                kinds.append("invalid JSON")
+        for kind in kinds:
+            tally[endpoint][kind] = tally[endpoint].get(kind, 0) + 1
+
+    one_request()
+    print("\nresponses by endpoint:", json.dumps(tally, sort_keys=True))
+    bad = sum(counts.get("5xx", 0) + counts.get("invalid JSON", 0) for counts in tally.values())
+    assert bad == 0, tally

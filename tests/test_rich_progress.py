@@ -48,7 +48,8 @@ def test_declared_steps_pending_at_first_poll_and_finished_at_the_end(app, clien
     assert by_name["Write it"]["detail"] == "writing row 1"
     flaky = by_name["Call the flaky service"]
     assert flaky["state"] == "failed" and flaky["depth"] == 1
-    assert flaky["error"] == {"type": "ConnectionError", "message": "flaky service said no"}
+    assert flaky["error"]["type"] == "ConnectionError"  # its message is generic (test_steps.py)
+    assert flaky["error"]["error_id"] in flaky["error"]["message"]
     assert by_name["Check it"]["state"] == "done"  # the job went on
     assert all(s["duration"] is not None for s in done["steps"])
     assert [m["message"] for m in done["messages"]] == [

@@ -4,7 +4,13 @@ import json
 
 import pytest
 
+from flask_jobtastic import JobFailed
+from flask_jobtastic.status import GENERIC_STEP_FAILURE, error_id_for
 from flask_jobtastic.steps import StepRecorder
+from tests import strict
+from tests.app_factory import close_app, create_app
+from tests.polling import poll
+from tests.tasks import SECRET, DeclaredStepTask, StepErrorTask
 
 
 class FakeClock:
@@ -100,7 +106,7 @@ def test_failure_with_continue_on_error_is_recorded_and_execution_goes_on() -> N
     snap = rec.snapshot()
     step = by_key(snap)["copy"]
     assert step["state"] == "failed"
-    assert step["error"] == {"type": "Boom", "message": "disk full"}
+    assert step["error"] == {"type": "Boom", "message": "disk full", "user_facing": False}
     assert rec.latest_exception is error
     assert snap["steps_summary"] == "1 of 1 step finished, 1 failed"
     json.dumps(snap)
@@ -113,7 +119,7 @@ def test_failure_without_continue_propagates_and_is_recorded_on_every_level() ->
     steps = by_key(rec.snapshot())
     assert steps["inner"]["state"] == "failed"
     assert steps["outer"]["state"] == "failed"
-    assert steps["outer"]["error"] == {"type": "Boom", "message": "bad row"}
+    assert steps["outer"]["error"] == {"type": "Boom", "message": "bad row", "user_facing": False}
 
 
 def test_continue_on_error_inside_keeps_the_outer_step_going() -> None:
@@ -172,7 +178,7 @@ def test_start_update_end_in_sequence() -> None:
         "ended_at": 3.0,
         "duration": 0.0,
         "detail": None,
-        "error": {"type": "Boom", "message": "nope"},
+        "error": {"type": "Boom", "message": "nope", "user_facing": False},
     }
 
 
@@ -267,7 +273,133 @@ def test_finish_closes_running_steps_as_done_or_failed() -> None:
     snap = rec.snapshot()
     steps = by_key(snap)
     assert steps["a"]["state"] == "failed"
-    assert steps["a"]["error"] == {"type": "Boom", "message": "job died"}
+    assert steps["a"]["error"] == {"type": "Boom", "message": "job died", "user_facing": False}
     assert steps["later"]["state"] == "pending"
     assert snap["steps_summary"] == "1 of 2 steps finished, 1 failed"
     json.dumps(snap)
+
+
+def test_a_declared_step_keeps_its_name_however_it_is_started() -> None:
+    for start in (
+        lambda rec: rec.step("render").__enter__(),
+        lambda rec: rec.step("Other words", key="render").__enter__(),
+        lambda rec: rec.start_step("render", "Other words"),
+        lambda rec: rec.start_step("render"),
+    ):
+        rec = StepRecorder([("render", "Render the rows")], clock=FakeClock())
+        start(rec)
+        assert [(s["key"], s["name"], s["state"]) for s in rec.snapshot()["steps"]] == [
+            ("render", "Render the rows", "running")
+        ]
+
+
+def test_a_step_that_was_not_declared_takes_the_name_of_each_start() -> None:
+    rec = StepRecorder(clock=FakeClock())
+    rec.start_step("load", "Load")
+    rec.start_step("load", "Load again")
+    assert by_key(rec.snapshot())["load"]["name"] == "Load again"
+
+
+def test_job_failed_step_errors_are_stored_as_meant_for_the_user() -> None:
+    rec = StepRecorder(clock=FakeClock())
+    with rec.step("check", continue_on_error=True):
+        raise JobFailed("No header row")
+    assert by_key(rec.snapshot())["check"]["error"] == {
+        "type": "JobFailed",
+        "message": "No header row",
+        "user_facing": True,
+    }
+
+
+def test_each_step_failure_is_reported_once_and_the_jobs_own_failure_not_at_all() -> None:
+    reported: list[tuple[str, str]] = []
+    rec = StepRecorder(
+        clock=FakeClock(), on_failure=lambda key, exc: reported.append((key, str(exc)))
+    )
+    with rec.step("tolerant", continue_on_error=True):
+        raise Boom("one")
+    with pytest.raises(Boom), rec.step("outer"), rec.step("inner"):
+        raise Boom("two")  # fails both steps: one report
+    rec.start_step("left running", "Left running")
+    rec.finish(failed_with=Boom("the job's own"))
+    assert reported == [("tolerant", "one"), ("inner", "two")]
+    assert by_key(rec.snapshot())["left running"]["state"] == "failed"
+
+
+# -- on a real worker: step errors and declared names, as users see them --------------
+
+
+def _ready(client, task_id):
+    return strict.wait_ready(client, task_id)
+
+
+def _step(document, name="Load"):
+    return next(step for step in document["steps"] if step["name"] == name)
+
+
+@pytest.mark.usefixtures("celery_worker")
+@pytest.mark.parametrize("how", ["continue", "end_step", "raise"])
+def test_a_step_error_shows_the_generic_message_and_error_id(app, client, token, how):
+    with app.app_context():
+        result = StepErrorTask.delay_or_fail(token=token, how=how)
+    document = _ready(client, result.id)
+    assert document["state"] == ("FAILURE" if how == "raise" else "SUCCESS")
+    error_id = error_id_for(result.id)
+    assert _step(document)["error"] == {
+        "type": "RuntimeError",
+        "message": GENERIC_STEP_FAILURE.format(error_id=error_id),
+        "error_id": error_id,
+    }
+    seen = [
+        client.get(f"/jobtastic/status/{result.id}").get_data(as_text=True),
+        client.get(f"/jobtastic/status?ids={result.id}").get_data(as_text=True),
+        json.dumps(strict.stream(client, result.id)),
+    ]
+    assert not any("hunter2" in text for text in seen)
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_the_worker_log_has_the_step_error_under_its_error_id(app, client, token, celery_worker):
+    with app.app_context():
+        result = StepErrorTask.delay_or_fail(token=token, how="continue")
+    _ready(client, result.id)
+    line = f"step 'Load' failed, error id {error_id_for(result.id)}: RuntimeError: {SECRET}"
+    strict.wait_logged(celery_worker, line)
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_a_job_failed_step_shows_its_message(app, client, token):
+    with app.app_context():
+        result = StepErrorTask.delay_or_fail(token=token, how="user_facing")
+    error = _step(_ready(client, result.id))["error"]
+    assert error["type"] == "JobFailed" and error["message"] == "The file has no header row"
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_expose_errors_on_the_web_side_shows_the_raw_step_message(app, token):
+    """The worker stores the message; the web process's setting decides what is shown."""
+    with app.app_context():
+        result = StepErrorTask.delay_or_fail(token=token, how="continue")
+    _ready(app.test_client(), result.id)
+    exposing = create_app(JOBTASTIC_EXPOSE_ERRORS=True)
+    try:
+        document = strict.status(exposing.test_client(), result.id)
+    finally:
+        close_app(exposing)
+    assert _step(document)["error"]["message"] == SECRET
+
+
+@pytest.mark.usefixtures("celery_worker")
+@pytest.mark.parametrize("how", ["with", "with_key", "start"])
+def test_a_declared_step_keeps_its_declared_name_however_it_is_started(app, client, token, how):
+    with app.app_context():
+        result = DeclaredStepTask.delay_or_fail(token=token, how=how)
+    _, running = poll(
+        client,
+        result.id,
+        lambda d: d["state"] == "PROGRESS" and d["steps"][0]["state"] == "running",
+    )
+    final = _ready(client, result.id)
+    for document in (running, final):
+        assert [(s["key"], s["name"]) for s in document["steps"]] == [("render", "Render the rows")]
+    assert final["steps"][0]["state"] == "done"
