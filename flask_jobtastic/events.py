@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import jsonsafe, results
-from .status import build_status, document_for
+from .reading import viewer_document
 
 logger = logging.getLogger("flask_jobtastic")
 
@@ -40,7 +40,6 @@ def _redis_client(backend: Any) -> Any | None:
 def event_stream(state: Any, task_id: str) -> Iterator[str]:
     """Yield SSE text until the job is final, the client leaves or time runs out."""
     backend = state.celery.backend
-    expose = state.expose_errors
     deadline = time.monotonic() + state.events_max_seconds
     heartbeat = state.events_heartbeat
     yield "retry: 2000\n\n"
@@ -59,9 +58,7 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
     last: dict[str, Any] | None = None
     try:
         try:
-            document = document_for(
-                task_id, results.read_job(backend, task_id), expose_errors=expose
-            )
+            document = viewer_document(state, task_id, results.read_job(backend, task_id))
         except Exception:
             yield _unavailable_event(task_id)
             return
@@ -71,26 +68,24 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
             return
         last_sent_at = time.monotonic()
         while time.monotonic() < deadline:
-            meta = None
+            changed = True
             if pubsub is not None:
                 try:
                     message = pubsub.get_message(timeout=min(heartbeat, 1.0))
                 except Exception:
                     yield _unavailable_event(task_id)
                     return
-                if message and message.get("type") == "message":
-                    meta = results.decode_meta(backend, task_id, message["data"])
+                changed = bool(message and message.get("type") == "message")
             else:
                 time.sleep(state.events_poll_interval)
+            if changed:
+                # the message says something changed; what the viewer sees also
+                # depends on the side records (a pending cancel, a detached owner)
                 try:
-                    meta = results.read_meta(backend, task_id)
+                    document = viewer_document(state, task_id, results.read_job(backend, task_id))
                 except Exception:
                     yield _unavailable_event(task_id)
                     return
-            if meta is not None:
-                document = build_status(task_id, meta, expose_errors=expose)
-                if document["ready"]:
-                    document = _final_document(backend, task_id, meta, expose)
                 if document != last:
                     yield format_event(document)
                     last = document
@@ -104,7 +99,7 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
                     except Exception:
                         yield _unavailable_event(task_id)
                         return
-                    document = document_for(task_id, view, expose_errors=expose)
+                    document = viewer_document(state, task_id, view)
                     if document != last:
                         yield format_event(document)
                         last = document
@@ -118,15 +113,6 @@ def event_stream(state: Any, task_id: str) -> Iterator[str]:
                 pubsub.close()
             except Exception:
                 logger.debug("Closing the pub/sub of %s failed", task_id, exc_info=True)
-
-
-def _final_document(backend: Any, task_id: str, meta: Any, expose: bool) -> dict[str, Any]:
-    """The last document, with the steps and counts the job saved at its end."""
-    try:
-        detail = results.read_job(backend, task_id).detail
-    except Exception:
-        detail = None
-    return build_status(task_id, meta, expose_errors=expose, detail=detail)
 
 
 def _unavailable_event(task_id: str) -> str:

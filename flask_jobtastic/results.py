@@ -601,3 +601,18 @@ def extend_job_record(backend: Any, task_id: str) -> None:
         ttl = _job_ttl(backend)
         if ttl:
             backend.client.expire(side_key("job", task_id), ttl)
+
+
+_REPUBLISH_SCRIPT = """
+local raw = redis.call('GET', KEYS[1])
+if raw then redis.call('PUBLISH', KEYS[1], raw) end
+return 1
+"""
+
+
+def republish(backend: Any, task_id: str) -> None:
+    """Publish the stored meta again, as it is, so open event streams re-read
+    the job (a cancel changed what they show, not the meta). Celery's own
+    result consumers see a state they already had."""
+    if _redis_backend(backend):
+        _script(backend, _REPUBLISH_SCRIPT)(keys=[backend.get_key_for_task(task_id)])

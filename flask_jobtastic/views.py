@@ -8,6 +8,7 @@ leak nothing. State-changing endpoints are POST and need an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -25,12 +26,12 @@ from flask import (
 )
 from werkzeug.routing import PathConverter
 
-from . import cache as cache_ops
 from . import jsonsafe, results, states
 from .assets import asset_dir
 from .events import event_stream
+from .reading import viewer_document
 from .registry import JobNotFinished
-from .status import CANCEL_FIELD, WORKER_LOST, build_status, document_for, for_viewer
+from .status import CANCEL_FIELD, build_status
 
 logger = logging.getLogger("flask_jobtastic")
 
@@ -83,43 +84,7 @@ def _needs_header() -> tuple[Response, int] | None:
     return None
 
 
-def _document(state: Any, task_id: str, view: results.JobView) -> dict[str, Any]:
-    """The status document for the current viewer; a lost worker's job is settled."""
-    document = document_for(task_id, view, expose_errors=state.expose_errors)
-    if view.meta.get("status") == states.PROGRESS and view.is_alive is False:
-        _settle_lost_job(state, task_id, view)
-    return for_viewer(document, view.job, state.current_owner())
-
-
-def _settle_lost_job(state: Any, task_id: str, view: results.JobView) -> None:
-    """Make the WorkerLost a reader found final everywhere: meta, herd key, registry.
-
-    Stored, so that the FAILURE never turns back into PROGRESS should the
-    worker have been alive after all (a result-backend outage longer than
-    its heartbeat): the job sees the final state at its next write and stops.
-    """
-    failure = {
-        "status": states.FAILURE,
-        "result": {
-            "exc_type": "WorkerLostError",
-            "exc_message": [WORKER_LOST["message"]],
-            "exc_module": "billiard.exceptions",
-        },
-        "traceback": None,
-        "children": [],
-        "date_done": None,
-        "task_id": task_id,
-    }
-    try:
-        if not results.settle_lost(state.celery.backend, task_id, failure):
-            return
-    except Exception:
-        logger.warning("Could not store job %s as lost", task_id, exc_info=True)
-        return
-    herd_key = (view.job or {}).get("herd_key")
-    if herd_key:
-        cache_ops.cache_delete_if_equal(state.cache_backend, herd_key, task_id)
-    state.registry_call("record_state", task_id, "failed")
+_document = viewer_document
 
 
 def _readable_job(task_id: str, *, must_exist: bool = False) -> tuple[Any, results.JobView]:
@@ -232,6 +197,8 @@ def cancel(task_id: str) -> Any:
         _, stop = results.update_job(backend, task_id, _cancel_by(state.current_owner()))
     except Exception:
         return _unavailable(task_id)
+    with contextlib.suppress(Exception):  # open event streams show the pending cancel
+        results.republish(backend, task_id)
     if stop:
         try:  # queued jobs: the worker that holds the message drops it
             state.celery.control.revoke(task_id)

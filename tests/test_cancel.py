@@ -163,3 +163,30 @@ def test_cancel_of_a_finished_job_changes_nothing(owned_app, token):
     wait_for(client, result.id, lambda d: d["state"] == "SUCCESS")
     answer = cancel(client, result.id)
     assert answer["state"] == "SUCCESS" and answer["result"] == token
+
+
+def test_an_open_event_stream_shows_the_pending_cancel_then_the_stop(owned_app, token):
+    import json
+    import threading
+
+    client = owned_app.test_client()
+    result = send_as(owned_app, ALICE, SilentTask, token=token, seconds=2.0)
+    wait_for(client, result.id, lambda d: d["state"] == "PROGRESS")
+    stream = client.get(f"/jobtastic/events/{result.id}", headers=ALICE, buffered=False)
+    threading.Timer(
+        0.3,
+        lambda: owned_app.test_client().post(
+            f"/jobtastic/cancel/{result.id}", headers={**ALICE, **POST}
+        ),
+    ).start()
+    documents = []
+    for chunk in stream.response:
+        for line in chunk.decode().splitlines():
+            if line.startswith("data: "):
+                documents.append(json.loads(line[6:]))
+        if documents and documents[-1].get("ready"):
+            break
+    stream.close()
+    assert documents[0]["state"] == "PROGRESS" and "cancel_pending" not in documents[0]
+    assert any(d.get("cancel_pending") for d in documents), documents
+    assert documents[-1]["state"] == "REVOKED"

@@ -1,0 +1,57 @@
+"""What one viewer is told about one job: the status document, as the views
+and the event stream serve it.
+
+Pure rules live in ``status.py``; this adds what needs the stores and the
+request: the viewer (a detached owner of a shared run, a pending cancel) and
+settling a lost worker's job, so that the FAILURE a reader shows is final.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import cache as cache_ops
+from . import results, states
+from .status import WORKER_LOST, document_for, for_viewer
+
+logger = logging.getLogger("flask_jobtastic")
+
+
+def viewer_document(state: Any, task_id: str, view: results.JobView) -> dict[str, Any]:
+    """The status document for the current viewer; a lost worker's job is settled."""
+    document = document_for(task_id, view, expose_errors=state.expose_errors)
+    if view.meta.get("status") == states.PROGRESS and view.is_alive is False:
+        settle_lost_job(state, task_id, view)
+    return for_viewer(document, view.job, state.current_owner())
+
+
+def settle_lost_job(state: Any, task_id: str, view: results.JobView) -> None:
+    """Make the WorkerLost a reader found final everywhere: meta, herd key, registry.
+
+    Stored, so that the FAILURE never turns back into PROGRESS should the
+    worker have been alive after all (a result-backend outage longer than
+    its heartbeat): the job sees the final state at its next write and stops.
+    """
+    failure = {
+        "status": states.FAILURE,
+        "result": {
+            "exc_type": "WorkerLostError",
+            "exc_message": [WORKER_LOST["message"]],
+            "exc_module": "billiard.exceptions",
+        },
+        "traceback": None,
+        "children": [],
+        "date_done": None,
+        "task_id": task_id,
+    }
+    try:
+        if not results.settle_lost(state.celery.backend, task_id, failure):
+            return
+    except Exception:
+        logger.warning("Could not store job %s as lost", task_id, exc_info=True)
+        return
+    herd_key = (view.job or {}).get("herd_key")
+    if herd_key:
+        cache_ops.cache_delete_if_equal(state.cache_backend, herd_key, task_id)
+    state.registry_call("record_state", task_id, "failed")
