@@ -6,7 +6,7 @@ object) adds settings, e.g. ``{"JOBTASTIC_EVENTS_HEARTBEAT": 1.0}``.
 
 * ``POST /start/<kind>`` with the job's keyword arguments as JSON answers
   ``{"task_id": ...}``; kinds: ``slow`` (``SlowProgressTask``), ``tracked``
-  (``TrackedTask``, listed in "my jobs").
+  (``TrackedTask``, listed in "my jobs"), ``failing`` (``FailingTask``).
 * ``GET /page`` and ``GET /page/<task_id>``: the user's job list, and the
   job's bar with a Cancel button.
 """
@@ -20,13 +20,13 @@ from typing import Any
 from flask import jsonify, render_template_string, request
 
 from tests.app_factory import create_app
-from tests.tasks import SlowProgressTask, TrackedTask
+from tests.tasks import FailingTask, SlowProgressTask, TrackedTask
 
 app = create_app(
     owner_header="X-User", **json.loads(os.environ.get("JOBTASTIC_TEST_APP_CONFIG") or "{}")
 )
 
-KINDS = {"slow": SlowProgressTask, "tracked": TrackedTask}
+KINDS = {"slow": SlowProgressTask, "tracked": TrackedTask, "failing": FailingTask}
 
 PAGE = """<!doctype html>
 <html lang="en">
