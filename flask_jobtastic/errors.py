@@ -32,3 +32,15 @@ class BrokerUnavailable(JobFailed):
 
 class ResultNotSerializable(JobtasticError, TypeError):
     """``calculate_result`` returned something the JSON serializer cannot store."""
+
+
+class JobStopped(BaseException):
+    """Ends a running job from inside ``update_progress`` (or a step write).
+
+    Raised when the job was cancelled or its state became final elsewhere. A
+    ``BaseException``, so a job's own ``except Exception`` does not swallow it.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -75,8 +75,14 @@ class JobtasticState:
     def owners_enforced(self) -> bool:
         return self.extension is not None and self.extension._owner_loader is not None
 
-    def may_read(self, job: dict[str, Any] | None) -> bool:
-        """Whether the current request may see a job, given its ``job`` side record."""
+    def may_read(self, job: dict[str, Any] | None, *, has_side_records: bool = False) -> bool:
+        """Whether the current request may see a job, given its ``job`` side record.
+
+        Where owners are checked, every job is sent with that record; a job
+        whose record is gone (expired, evicted) is nobody's to read.
+        """
+        if job is None and has_side_records and self.owners_enforced:
+            return False
         owner = job.get("owner") if job else None
         if job and job.get("shared"):
             return True  # a result meant for everyone who holds the id

@@ -20,6 +20,15 @@ from .progress import NO_ESTIMATE
 #: Keys the library itself writes into PROGRESS meta and copies through.
 _CORE_KEYS = frozenset({"task_id", "state", "ready", "progress_percent", "time_remaining"})
 
+#: What a job whose worker died reads, whoever noticed it first.
+WORKER_LOST = {
+    "type": "WorkerLost",
+    "message": "The worker running this job stopped unexpectedly. Please start it again.",
+}
+
+#: Exception types that mean the worker's process died under the job.
+_LOST_TYPES = frozenset({"WorkerLostError", "WorkerLost"})
+
 GENERIC_FAILURE = (
     "The job failed. If this keeps happening, contact support and quote error id {error_id}."
 )
@@ -48,6 +57,8 @@ def describe_error(task_id: str, exc: Any, *, expose: bool) -> dict[str, Any]:
         user_facing = False
     else:
         kind, text, user_facing = "Error", str(exc), False
+    if kind in _LOST_TYPES:  # a pool process killed mid-job (the OOM killer, say)
+        return {**WORKER_LOST, "error_id": error_id}
     if not (user_facing or expose) or not text:
         text = GENERIC_FAILURE.format(error_id=error_id)
     return {"type": kind, "message": text, "error_id": error_id}
@@ -102,12 +113,7 @@ def build_status(
                 info.get("progress_percent", 0) if isinstance(info, Mapping) else 0
             ),
             "time_remaining": NO_ESTIMATE,
-            "error": {
-                "type": "WorkerLost",
-                "message": "The worker running this job stopped unexpectedly. "
-                "Please start it again.",
-                "error_id": error_id_for(task_id),
-            },
+            "error": {**WORKER_LOST, "error_id": error_id_for(task_id)},
         }
     document: dict[str, Any] = {
         "task_id": task_id,
@@ -154,3 +160,33 @@ def document_for(task_id: str, view: Any, *, expose_errors: bool = False) -> dic
         detail=None if running else view.detail,
         alive=view.is_alive if running else None,
     )
+
+
+#: The job-record field a cancel sets when the run itself must stop.
+CANCEL_FIELD = "cancel_requested_at"
+
+
+def for_viewer(
+    document: dict[str, Any], job: Mapping[str, Any] | None, viewer: str | None
+) -> dict[str, Any]:
+    """The document as one viewer sees it, given the job's ``job`` record.
+
+    ``cancel_pending``: a cancel was asked and the worker has not confirmed
+    the stop yet (the state is not final). A viewer who cancelled a run
+    shared with others that still wait sees it ``REVOKED`` at once, while
+    the run goes on for them.
+    """
+    if not job or document.get("ready"):
+        return document
+    detached = job.get("detached") or ()
+    if viewer is not None and viewer in detached:
+        return {
+            "task_id": document["task_id"],
+            "state": states.REVOKED,
+            "ready": True,
+            "progress_percent": document.get("progress_percent", 0),
+            "time_remaining": NO_ESTIMATE,
+        }
+    if job.get(CANCEL_FIELD):
+        return {**document, "cancel_pending": True}
+    return document

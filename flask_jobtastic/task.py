@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -22,11 +23,12 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import psutil
+from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.app.autoretry import add_autoretry_behaviour
 from celery.exceptions import Ignore
 from celery.result import AsyncResult, EagerResult
-from celery.signals import task_revoked
+from celery.signals import task_failure, task_revoked
 from celery.worker import state as worker_state
 from flask import current_app, has_app_context
 from kombu.exceptions import EncodeError
@@ -35,7 +37,7 @@ from kombu.utils.json import dumps as json_dumps
 from . import cache as cache_ops
 from . import keys, results, signals, states
 from .counts import ItemCounter
-from .errors import BrokerUnavailable, ResultNotSerializable
+from .errors import BrokerUnavailable, JobStopped, ResultNotSerializable
 from .heartbeat import MIN_TIMEOUT, heartbeat
 from .progress import ProgressMeter
 from .status import error_id_for
@@ -55,6 +57,13 @@ _task_classes: list[type[JobtasticTask]] = []
 _celery_apps: weakref.WeakSet[Celery] = weakref.WeakSet()
 
 _MB = 1_000_000  # SI megabytes, as memleak_threshold is documented
+
+#: The shortest ``herd_avoidance_timeout`` whose claim renewals always come in time.
+MIN_HERD_TIMEOUT = int(MIN_TIMEOUT)
+
+#: A message older than this when its run starts may have missed the cancel
+#: broadcast (no worker was listening): the run asks the result backend first.
+_CHECK_CANCEL_AFTER = 1.0
 
 #: Result types that are JSON as they are (no check needed).
 _JSON_SCALARS = frozenset({str, int, bool, type(None)})
@@ -76,6 +85,40 @@ class _ClassOrInstanceMethod:
         return self.func.__get__(target, type(target))
 
 
+_class_get_app = Task.__dict__["_get_app"].__func__
+
+
+class _PerInstanceApp:
+    """``task.app``: the Celery app this instance was bound to.
+
+    Celery keeps a task's app on the class, so with two Flask apps in one
+    process (an app factory, a test suite) the last one bound would send and
+    store every job. Here each app has its own instance of the class, and
+    each instance answers with its own app; the class still answers with the
+    last one bound, as Celery expects.
+    """
+
+    def __get__(self, instance: Any, owner: type[Task] | None = None) -> Any:
+        if instance is not None:
+            own = instance.__dict__.get("_app")
+            if own is not None:
+                return own
+        return _class_get_app(owner if owner is not None else type(instance))
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        instance.__dict__["_app"] = value
+
+
+class _PerInstanceAppGetter:
+    """``task._get_app()``, which Celery's send and apply paths call, per instance."""
+
+    def __get__(self, instance: Any, owner: type[Task] | None = None) -> Callable[[], Any]:
+        if instance is not None and instance.__dict__.get("_app") is not None:
+            own = instance.__dict__["_app"]
+            return lambda: own
+        return functools.partial(_class_get_app, owner if owner is not None else type(instance))
+
+
 def bind_task_class(cls: type[JobtasticTask], celery_app: Celery) -> JobtasticTask:
     """Register ``cls`` with ``celery_app`` (once) and return its instance.
 
@@ -85,11 +128,11 @@ def bind_task_class(cls: type[JobtasticTask], celery_app: Celery) -> JobtasticTa
     existing = celery_app.tasks.get(cls.name)
     if type(existing) is cls:
         return existing
+    cls.bind(celery_app)
     task = cls()
+    task.__dict__["_app"] = celery_app
     add_autoretry_behaviour(task)
     celery_app.tasks[cls.name] = task
-    task._app = celery_app
-    cls.bind(celery_app)
     return task
 
 
@@ -139,6 +182,8 @@ class JobtasticTask(Task):
     #: so the status endpoint and the result cache see them like any other.
     store_eager_result = True
     serializer = "json"
+    app = _PerInstanceApp()  # type: ignore[assignment]
+    _get_app = _PerInstanceAppGetter()  # type: ignore[assignment]
 
     _significant: ClassVar[list[tuple[str, keys.Converter]]] = []
     _signature: ClassVar[inspect.Signature | None] = None
@@ -173,6 +218,12 @@ class JobtasticTask(Task):
         if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
             raise TypeError(
                 f"{name}.herd_avoidance_timeout must be a positive int, got {timeout!r}"
+            )
+        if timeout < MIN_HERD_TIMEOUT:
+            raise TypeError(
+                f"{name}.herd_avoidance_timeout must be at least {MIN_HERD_TIMEOUT} seconds, got "
+                f"{timeout!r}: the claim is renewed every third of it, and memcached counts "
+                "expiry in whole seconds, so a shorter claim can lapse while the job runs"
             )
         duration = cls.cache_duration
         if isinstance(duration, bool) or not isinstance(duration, int) or duration < -1:
@@ -343,6 +394,8 @@ class JobtasticTask(Task):
                     cache, herd_key, task_id, int(self.herd_avoidance_timeout or 0)
                 )
             if not won:  # a run in flight, or one that just succeeded: share it
+                if self.share_across_owners and owner is not None:
+                    self._join_owner(winner, owner)
                 signals.herd_joined.send(self, task_id=winner)
                 return self.AsyncResult(winner)
             if self.cache_duration >= 0:
@@ -355,9 +408,10 @@ class JobtasticTask(Task):
                     signals.cache_hit.send(self, task_id=cached_id)
                     return self.AsyncResult(cached_id)
         job = None
-        if owner is not None or self.share_across_owners or herd_key:
-            # who may read it, and the key a cancel frees; a job with none of
-            # these needs no record beside its meta
+        if owner is not None or self.share_across_owners or herd_key or state.owners_enforced:
+            # who may read it (where owners are checked, a job without this
+            # record is nobody's to read), and the key a cancel frees; a job
+            # with none of these needs no record beside its meta
             job = {
                 "owner": owner,
                 "shared": bool(self.share_across_owners),
@@ -386,6 +440,9 @@ class JobtasticTask(Task):
                 description=description or self.description,
             )
         headers = options.setdefault("headers", {})
+        headers["jobtastic_sent_at"] = time.time()  # see _CHECK_CANCEL_AFTER
+        if job is not None:
+            headers["jobtastic_record"] = True  # the worker extends it as the job ends
         if cache_key is not None:
             headers["jobtastic_key"] = cache_key  # the worker caches and releases under it
         if not herd_avoidance:  # the worker then has no herd key to release
@@ -422,6 +479,24 @@ class JobtasticTask(Task):
             raise
         signals.job_sent.send(self, task_id=task_id)
         return result
+
+    def _join_owner(self, task_id: str, owner: str) -> None:
+        """Count ``owner`` among those waiting on a shared run (see ``cancel``)."""
+
+        def join(job: dict[str, Any]) -> None:
+            owners = job.get("owners") or ([job["owner"]] if job.get("owner") else [])
+            if owner not in owners:
+                owners.append(owner)
+            job["owners"] = owners
+            detached = job.get("detached") or []
+            if owner in detached:  # asked again after cancelling: waiting again
+                detached.remove(owner)
+                job["detached"] = detached
+
+        try:
+            results.update_job(self.backend, task_id, join)
+        except Exception:
+            logger.warning("Could not record %s joining job %s", owner, task_id, exc_info=True)
 
     def _has_failed(self, task_id: str) -> bool:
         """Whether a herd winner ended without a result (asked on the join path only)."""
@@ -561,6 +636,12 @@ class JobtasticTask(Task):
         )
         local.cache_key = None
         local.herd_claimed = self._header("jobtastic_herd") is not False
+        local.args, local.kwargs = tuple(args), dict(kwargs)
+        # a redelivered message (acks_late) may replace what a reader said of
+        # its lost first run
+        local.redelivered = bool(
+            (getattr(self.request, "delivery_info", None) or {}).get("redelivered")
+        )
         sent_key = self._header("jobtastic_key")
         if sent_key:
             local.cache_key = sent_key
@@ -576,6 +657,8 @@ class JobtasticTask(Task):
         run = local.run = _Run(meter.record(0, 1, monotonic()))
         failure: BaseException | None = None
         try:
+            if task_id and state is not None and self._sent_long_ago():
+                self._check_stop(local)  # a cancel this worker's broadcast missed
             if task_id and state is not None:
                 # Declared steps and tracked jobs show their state at once; any
                 # other job shows PROGRESS 0 once it has run STARTED_DELAY seconds
@@ -594,6 +677,7 @@ class JobtasticTask(Task):
                 self._write_progress(run.start_meta)
             start = _rss() if self.memleak_threshold >= 0 else 0
             result = self.calculate_result(*args, **kwargs)
+            checked = False
             if self.memleak_threshold >= 0:
                 end = _rss()
                 growth = (end - start) / _MB
@@ -612,8 +696,16 @@ class JobtasticTask(Task):
                 # goes from its first PROGRESS straight to SUCCESS)
                 closing = meter.finished(monotonic())
                 if closing is not None:
-                    self._write_progress(closing)
+                    self._write_progress(closing)  # also where a cancel is seen
+                    checked = True
+            if task_id and run.started and not checked:
+                # a job that ran long enough to be seen running, and could be
+                # cancelled or declared lost since its last write
+                self._check_stop(local)
             return result
+        except JobStopped as stopped:
+            failure = stopped
+            raise Ignore() from None  # its final state is written: Celery adds none
         except BaseException as exc:
             failure = exc
             raise
@@ -644,27 +736,31 @@ class JobtasticTask(Task):
         backend = self.backend
         cache = state.cache_backend
         request = self.request  # the job thread's: the heartbeat thread has none
+        redelivered = bool(getattr(self._local, "redelivered", False))
 
         def renew() -> None:
             # Under the run's lock, so nothing lands after the run ended (or
             # after a later progress write), and no herd key is put back after
             # the run released it.
             with run.lock:
-                if run.finished:
+                if run.finished or run.verdict == results.FINAL:
                     return
                 if not run.started:  # the first beat: PROGRESS 0 and the marker
                     if task_id in worker_state.revoked:
                         return  # stopping: REVOKED must not be overwritten
-                    if not results.write_progress(
-                        backend, task_id, run.start_meta, alive_for=timeout
-                    ):
+                    verdict = results.guarded_progress(
+                        backend, task_id, run.start_meta, alive_for=timeout, force=redelivered
+                    )
+                    if verdict is None:
                         backend.store_result(
                             task_id, run.start_meta, states.PROGRESS, request=request
                         )
                     run.started = True
-                    return  # the herd key was placed with a full timeout at send time
-                results.write_side(backend, "run", task_id, results.alive_marker(), timeout)
-                if herd:
+                else:
+                    verdict = results.check_run(backend, task_id, alive_for=timeout)
+                if verdict is not None and verdict != results.GO_ON:
+                    run.verdict = verdict  # the job stops at its next write, or as it ends
+                if herd and run.verdict != results.FINAL:
                     cache_ops.refresh_herd_key(cache, herd, task_id, timeout)
 
         heartbeat.add(task_id, timeout, renew, first_in=started_in)
@@ -676,7 +772,7 @@ class JobtasticTask(Task):
     def _save_details(self, local: threading.local, failure: BaseException | None) -> None:
         """Keep steps, messages and counts readable after the job ended."""
         recorder: StepRecorder = local.recorder
-        recorder.finish(failed_with=None if isinstance(failure, Ignore) else failure)
+        recorder.finish(failed_with=None if isinstance(failure, Ignore | JobStopped) else failure)
         try:
             record = results.details_record(self._details(local), self._alive_for())
             results.write_side(self.backend, "run", local.task_id, record)
@@ -701,13 +797,15 @@ class JobtasticTask(Task):
         task_id = getattr(local, "task_id", None)
         if not task_id:
             return
-        if task_id in worker_state.revoked:
-            self._stop_revoked(local)
+        run: _Run = local.run
+        if task_id in worker_state.revoked:  # threads and solo pools see the broadcast
+            self._stop(local, results.CANCELLED)
+        if run.verdict != results.GO_ON:  # the heartbeat learned it first
+            self._stop(local, run.verdict)
         if local.details_used:
             meta = {**meta, **self._details(local)}
-        run: _Run = local.run
         if run.started:
-            self._store_progress(task_id, (meta,), None)
+            verdict = self._store_progress(task_id, (meta,), None)
         else:
             with run.lock:  # the heartbeat may be writing PROGRESS 0 right now
                 if run.started:
@@ -717,41 +815,104 @@ class JobtasticTask(Task):
                 else:
                     metas = (run.start_meta, meta)
                 alive_for = None if run.started else self._alive_for()
-                self._store_progress(task_id, metas, alive_for)
+                verdict = self._store_progress(
+                    task_id, metas, alive_for, force=local.redelivered and not run.started
+                )
                 run.started = True
+        if verdict != results.GO_ON:
+            self._stop(local, verdict)
         if local.tracked:
             state = getattr(self.app, "_flask_jobtastic_state", None)
             if state is not None:
                 state.registry_call("record_progress", task_id, meta["progress_percent"])
 
     def _store_progress(
-        self, task_id: str, metas: tuple[dict[str, Any], ...], alive_for: int | None
-    ) -> None:
+        self,
+        task_id: str,
+        metas: tuple[dict[str, Any], ...],
+        alive_for: int | None,
+        *,
+        force: bool = False,
+    ) -> str:
+        """Write PROGRESS unless the job was cancelled or its state is final.
+
+        Returns what the write found (``results.GO_ON``, ``CANCELLED``,
+        ``FINAL``); a backend that does not answer is logged and means go on.
+        """
         try:
-            if not results.write_progress(self.backend, task_id, *metas, alive_for=alive_for):
+            verdict = results.guarded_progress(
+                self.backend, task_id, *metas, alive_for=alive_for, force=force
+            )
+            if verdict is None:
                 for meta in metas:
                     self.update_state(task_id=task_id, state=states.PROGRESS, meta=meta)
+                return results.GO_ON
+            return verdict
         except Exception:
             logger.warning("Could not write progress of job %s", task_id, exc_info=True)
+            return results.GO_ON
 
-    def _stop_revoked(self, local: threading.local) -> None:
-        """End a running job that was cancelled: REVOKED, not SUCCESS or FAILURE."""
+    def on_cancel(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Called in the worker when a running job stops because it was cancelled.
+
+        Override it to clean up what the job leaves half done (temporary
+        files, partial uploads). It runs before the job reads ``REVOKED``, and
+        an exception here is logged, not raised.
+        """
+
+    def _sent_long_ago(self) -> bool:
+        sent_at = self._header("jobtastic_sent_at")
+        return isinstance(sent_at, int | float) and time.time() - sent_at > _CHECK_CANCEL_AFTER
+
+    def _check_stop(self, local: threading.local) -> None:
+        """Ask the result backend whether this run must stop; stop it if so."""
+        run: _Run = local.run
+        verdict = run.verdict
+        if verdict == results.GO_ON:
+            try:
+                verdict = results.check_run(self.backend, local.task_id, force=local.redelivered)
+            except Exception:
+                logger.warning("Could not check job %s for a cancel", local.task_id, exc_info=True)
+                return
+        if verdict != results.GO_ON:
+            self._stop(local, verdict)
+
+    def _stop(self, local: threading.local, verdict: str) -> None:
+        """End a run that was cancelled (REVOKED) or declared lost (left FAILURE).
+
+        The clean-up hook runs first and the herd key goes last, once the run
+        has really stopped, so no identical call starts a second run beside it.
+        """
         task_id = local.task_id
-        logger.info("Job %s was revoked while running; stopping it", task_id)
-        run: _Run | None = getattr(local, "run", None)
-        if run is not None:
-            with run.lock:  # the heartbeat must not write PROGRESS over REVOKED
-                run.finished = True
+        run: _Run = local.run
+        with run.lock:  # the heartbeat must not write anything after this
+            run.finished = True
+        if verdict == results.FINAL:
+            logger.warning(
+                "Job %s stops: its state became final while it ran (a reader found its "
+                "heartbeat missing and reported the worker lost)",
+                task_id,
+            )
+            raise JobStopped(verdict)
+        logger.info("Job %s was cancelled; stopping it", task_id)
         try:
-            self.backend.mark_as_revoked(task_id, reason="revoked")
+            self.on_cancel(task_id, local.args, local.kwargs)
+        except Exception:
+            logger.exception("on_cancel of job %s failed", task_id)
+        try:
+            self.backend.mark_as_revoked(task_id, reason="cancelled")
         except Exception:
             logger.warning("Could not mark job %s revoked", task_id, exc_info=True)
-        release_herd_key_by_key(self, local.herd_key, task_id)
+        if local.herd_claimed:
+            release_herd_key_by_key(self, local.herd_key, task_id)
         if local.tracked:
-            state = getattr(self.app, "_flask_jobtastic_state", None)
-            if state is not None:
-                state.registry_call("record_state", task_id, "revoked")
-        raise Ignore()
+            self._jobtastic_state_call("record_state", task_id, "revoked")
+        raise JobStopped(verdict)
+
+    def _jobtastic_state_call(self, method: str, *args: Any) -> None:
+        state = getattr(self.app, "_flask_jobtastic_state", None)
+        if state is not None:
+            state.registry_call(method, *args)
 
     def _flush_details(self, urgent: bool) -> None:
         """Write after a step, message or count changed: at once or throttled."""
@@ -801,6 +962,8 @@ class JobtasticTask(Task):
         self._flush_details(urgent=True)
         try:
             yield
+        except JobStopped:
+            raise  # a cancel is not the step's error, and no step may swallow it
         except BaseException as exc:
             suppressed = block.__exit__(type(exc), exc, exc.__traceback__)
             self._flush_details(urgent=True)
@@ -880,8 +1043,34 @@ class JobtasticTask(Task):
         cache_key = self._run_cache_key(task_id, args, kwargs)
         if cache_key is not None:
             cache_ops.cache_set(
-                state.cache_backend, keys.result_key(cache_key), task_id, self.cache_duration
+                state.cache_backend, keys.result_key(cache_key), task_id, self._cache_ttl()
             )
+
+    def _cache_ttl(self) -> int:
+        """``cache_duration``, but never longer than the result backend keeps the result:
+        a cached id whose result expired would read as unknown."""
+        expires = self.backend.expires
+        keep = int(expires) if isinstance(expires, int | float) and expires > 0 else 0
+        if not keep:
+            return self.cache_duration
+        return keep if self.cache_duration == 0 else min(self.cache_duration, keep)
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``retry``; the herd claim is kept while the job waits to run again.
+
+        Without it an identical call made during the countdown would start a
+        second run beside the one waiting to retry.
+        """
+        local = self._local
+        herd_key = getattr(local, "herd_key", None)
+        if herd_key and getattr(local, "herd_claimed", False) and self.request.id:
+            wait = _retry_wait(self, kwargs)
+            state = getattr(self.app, "_flask_jobtastic_state", None)
+            if state is not None:
+                cache_ops.refresh_herd_key(
+                    state.cache_backend, herd_key, self.request.id, int(wait) + self._alive_for()
+                )
+        return super().retry(*args, **kwargs)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -905,6 +1094,9 @@ class JobtasticTask(Task):
         local = self._local
         if getattr(local, "task_id", None) == task_id and not local.herd_claimed:
             return
+        if self._header("jobtastic_record"):
+            with contextlib.suppress(Exception):  # logged by the next read, if it matters
+                results.extend_job_record(self.backend, task_id)
         if status in states.READY_STATES:
             cache_key = self._run_cache_key(task_id, args, kwargs)
             if cache_key is not None:
@@ -947,6 +1139,19 @@ def release_herd_key_by_key(
         cache_ops.cache_delete_if_equal(state.cache_backend, herd_key, task_id)
 
 
+def _retry_wait(task: JobtasticTask, options: dict[str, Any]) -> float:
+    """Seconds until a ``retry(countdown=..., eta=...)`` runs again (Celery's default delay)."""
+    countdown = options.get("countdown")
+    eta = options.get("eta")
+    if isinstance(countdown, int | float):
+        return max(float(countdown), 0.0)
+    if eta is not None:
+        with contextlib.suppress(Exception):
+            return max(eta.timestamp() - time.time(), 0.0)
+    delay = task.default_retry_delay
+    return float(delay) if isinstance(delay, int | float) else 0.0
+
+
 def _unsendable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """Name the first argument JSON cannot carry, for the error message."""
     for index, value in enumerate(args):
@@ -981,10 +1186,30 @@ def _release_on_revoke(sender: Any = None, request: Any = None, **_: Any) -> Non
             state.registry_call("record_state", request.id, "revoked")
 
 
+@task_failure.connect
+def _settle_worker_lost(
+    sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+) -> None:
+    """A pool process killed mid-job (the OOM killer, say): Celery's main process
+    reports it here. The registry says failed and the herd key is freed."""
+    if not isinstance(sender, JobtasticTask) or not isinstance(exception, WorkerLostError):
+        return
+    request = sender.request  # Celery pushes the lost job's request for this signal
+    cache_key = (getattr(request, "headers", None) or {}).get("jobtastic_key") or getattr(
+        request, "jobtastic_key", None
+    )
+    claimed = getattr(request, "jobtastic_herd", None) is not False
+    if cache_key and claimed and task_id:
+        release_herd_key_by_key(sender, keys.herd_key(cache_key), task_id)
+    state = getattr(sender.app, "_flask_jobtastic_state", None)
+    if state is not None and state.registry is not None and task_id:
+        state.registry_call("record_state", task_id, "failed")
+
+
 class _Run:
     """What the job's thread and the heartbeat thread share about one run."""
 
-    __slots__ = ("start_meta", "started", "finished", "lock")
+    __slots__ = ("start_meta", "started", "finished", "verdict", "lock")
 
     def __init__(self, start_meta: dict[str, Any]) -> None:
         #: PROGRESS 0, recorded when the job started.
@@ -993,6 +1218,9 @@ class _Run:
         self.started = False
         #: Set as the run ends: the heartbeat writes nothing after it.
         self.finished = False
+        #: What the heartbeat's last renewal found (``results.GO_ON``,
+        #: ``CANCELLED``, ``FINAL``): the job stops at its next write.
+        self.verdict = results.GO_ON
         self.lock = threading.Lock()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from flask import (
@@ -30,7 +31,7 @@ from . import results, states, streams
 from .assets import asset_dir
 from .events import event_stream
 from .registry import JobNotFinished
-from .status import build_status, document_for
+from .status import CANCEL_FIELD, WORKER_LOST, build_status, document_for, for_viewer
 
 logger = logging.getLogger("flask_jobtastic")
 
@@ -84,7 +85,42 @@ def _needs_header() -> tuple[Response, int] | None:
 
 
 def _document(state: Any, task_id: str, view: results.JobView) -> dict[str, Any]:
-    return document_for(task_id, view, expose_errors=state.expose_errors)
+    """The status document for the current viewer; a lost worker's job is settled."""
+    document = document_for(task_id, view, expose_errors=state.expose_errors)
+    if view.meta.get("status") == states.PROGRESS and view.is_alive is False:
+        _settle_lost_job(state, task_id, view)
+    return for_viewer(document, view.job, state.current_owner())
+
+
+def _settle_lost_job(state: Any, task_id: str, view: results.JobView) -> None:
+    """Make the WorkerLost a reader found final everywhere: meta, herd key, registry.
+
+    Stored, so that the FAILURE never turns back into PROGRESS should the
+    worker have been alive after all (a result-backend outage longer than
+    its heartbeat): the job sees the final state at its next write and stops.
+    """
+    failure = {
+        "status": states.FAILURE,
+        "result": {
+            "exc_type": "WorkerLostError",
+            "exc_message": [WORKER_LOST["message"]],
+            "exc_module": "billiard.exceptions",
+        },
+        "traceback": None,
+        "children": [],
+        "date_done": None,
+        "task_id": task_id,
+    }
+    try:
+        if not results.settle_lost(state.celery.backend, task_id, failure):
+            return
+    except Exception:
+        logger.warning("Could not store job %s as lost", task_id, exc_info=True)
+        return
+    herd_key = (view.job or {}).get("herd_key")
+    if herd_key:
+        cache_ops.cache_delete_if_equal(state.cache_backend, herd_key, task_id)
+    state.registry_call("record_state", task_id, "failed")
 
 
 def _readable_job(task_id: str, *, must_exist: bool = False) -> tuple[Any, results.JobView]:
@@ -100,7 +136,8 @@ def _readable_job(task_id: str, *, must_exist: bool = False) -> tuple[Any, resul
         view = results.read_job(state.celery.backend, task_id)
     except Exception:
         abort(make_response(*_unavailable(task_id)))
-    if not state.may_read(view.job) or (must_exist and "task_id" not in view.meta):
+    readable = state.may_read(view.job, has_side_records=view.has_side_records)
+    if not readable or (must_exist and "task_id" not in view.meta):
         abort(make_response(*_unknown(task_id)))
     return state, view
 
@@ -149,7 +186,7 @@ def batch_status() -> Any:
     documents = {}
     for task_id in ids:
         view = views[task_id]
-        if state.may_read(view.job):
+        if state.may_read(view.job, has_side_records=view.has_side_records):
             documents[task_id] = _document(state, task_id, view)
         else:
             documents[task_id] = build_status(task_id, None)
@@ -188,9 +225,13 @@ def events(task_id: str) -> Any:
 
 
 def cancel(task_id: str) -> Any:
-    """``POST <prefix>/cancel/<task_id>``: revoke the job and free its herd key.
+    """``POST <prefix>/cancel/<task_id>``: ask the job to stop.
 
-    A queued job never starts; a running one stops at its next progress write.
+    Only the worker says a job stopped: until it confirms, the document
+    carries ``cancel_pending``; then it reads ``REVOKED``. A queued job never
+    starts; a running one stops at its next progress or step write. On a run
+    shared by several owners, the caller is detached (it reads ``REVOKED``
+    for them) and the run stops when the last owner waiting on it cancels.
     """
     refused = _needs_header()
     if refused:
@@ -201,19 +242,42 @@ def cancel(task_id: str) -> Any:
     if document["ready"]:
         return _no_store(jsonify(document))
     try:
-        state.celery.control.revoke(task_id)
-    except Exception:
-        logger.warning("Could not broadcast the revoke of %s", task_id, exc_info=True)
-    try:
-        backend.mark_as_revoked(task_id, reason="cancelled")
+        _, stop = results.update_job(backend, task_id, _cancel_by(state.current_owner()))
     except Exception:
         return _unavailable(task_id)
-    herd_key = (view.job or {}).get("herd_key")
-    if herd_key:
-        cache_ops.cache_delete_if_equal(state.cache_backend, herd_key, task_id)
-    state.registry_call("record_state", task_id, "revoked")
-    view = results.read_job(backend, task_id)
+    if stop:
+        try:  # queued jobs: the worker that holds the message drops it
+            state.celery.control.revoke(task_id)
+        except Exception:
+            logger.warning("Could not broadcast the cancel of %s", task_id, exc_info=True)
+    elif (view.job or {}).get("owner") == state.current_owner():
+        # the sender left a run others still wait on: it leaves their list
+        state.registry_call("record_state", task_id, "revoked")
+    try:
+        view = results.read_job(backend, task_id)
+    except Exception:
+        return _unavailable(task_id)
     return _no_store(jsonify(_document(state, task_id, view)))
+
+
+def _cancel_by(owner: str | None) -> Any:
+    """The job-record change of one cancel: detach ``owner`` or stop the run.
+
+    Returns True when the run must stop: it is not shared, or nobody else
+    still waits on it.
+    """
+
+    def change(job: dict[str, Any]) -> bool:
+        if job.get("shared") and owner is not None:
+            waiting = job.get("owners") or ([job["owner"]] if job.get("owner") else [])
+            detached = [o for o in job.get("detached") or [] if o != owner] + [owner]
+            job["detached"] = detached
+            if any(other not in detached for other in waiting):
+                return False  # others still wait: the run goes on for them
+        job[CANCEL_FIELD] = time.time()
+        return True
+
+    return change
 
 
 def _registry_or_404() -> Any:

@@ -265,3 +265,53 @@ class AppContextTask(JobtasticTask):
         from flask import current_app
 
         return {"app": current_app.name, "prefix": current_app.config["JOBTASTIC_URL_PREFIX"]}
+
+
+def ticks(token: str) -> int:
+    return int(_redis().get(f"ticks:{token}") or 0)
+
+
+def cleaned_up(token: str) -> bool:
+    return bool(_redis().exists(f"cleaned:{token}"))
+
+
+class CancellableTask(JobtasticTask):
+    """Reports progress every ``pause`` seconds and counts its iterations
+    (``ticks:<token>``), so a test sees whether it really stopped; cleans up
+    on cancel (``cleaned:<token>``). Results cached for a minute."""
+
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+    cache_duration = 60
+
+    def calculate_result(self, token: str, steps: int = 100, pause: float = 0.1) -> str:
+        count_run(token)
+        client = _redis()
+        for i in range(steps):
+            time.sleep(pause)
+            client.incr(f"ticks:{token}")
+            self.update_progress(i + 1, steps)
+        return token
+
+    def on_cancel(self, task_id: str, args: tuple, kwargs: dict) -> None:
+        _redis().set(f"cleaned:{kwargs['token']}", task_id)
+
+
+class SilentTask(JobtasticTask):
+    """Works ``seconds`` without reporting anything; cached for a minute."""
+
+    significant_kwargs = ["token"]
+    herd_avoidance_timeout = 30
+    cache_duration = 60
+
+    def calculate_result(self, token: str, seconds: float = 2.0) -> str:
+        count_run(token)
+        time.sleep(seconds)
+        _redis().set(f"finished:{token}", 1)
+        return token
+
+
+class SharedLongTask(CancellableTask):
+    """``CancellableTask`` whose run is shared by every owner asking the same."""
+
+    share_across_owners = True

@@ -65,43 +65,6 @@ def test_without_an_owner_loader_ids_alone_read_jobs(app, client, token):
     assert client.get(f"/jobtastic/status/{result.id}").status_code == 200
 
 
-def test_cancel_needs_the_header_and_revokes_a_queued_job(owned_app, token):
-    client = owned_app.test_client()
-    with owned_app.test_request_context(headers=ALICE):
-        result = SlowProgressTask.apply_async(kwargs={"token": token}, countdown=30)
-    refused = client.post(f"/jobtastic/cancel/{result.id}", headers=ALICE)
-    assert refused.status_code == 400
-    cancelled = client.post(f"/jobtastic/cancel/{result.id}", headers={**ALICE, **POST})
-    assert cancelled.status_code == 200 and cancelled.get_json()["state"] == "REVOKED"
-    assert client.get(f"/jobtastic/status/{result.id}", headers=ALICE).get_json()["state"] == (
-        "REVOKED"
-    )
-    # the herd key went with it: the same call starts a new job at once
-    again = send_as(owned_app, ALICE, SlowProgressTask, token=token, seconds=0.2)
-    assert again.id != result.id
-
-
-def test_cancel_stops_a_running_job_at_its_next_progress_write(owned_app, token, counter):
-    client = owned_app.test_client()
-    result = send_as(owned_app, ALICE, SlowProgressTask, token=token, seconds=6.0, steps=60)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if (
-            client.get(f"/jobtastic/status/{result.id}", headers=ALICE).get_json()["state"]
-            == "PROGRESS"
-        ):
-            break
-        time.sleep(0.05)
-    client.post(f"/jobtastic/cancel/{result.id}", headers={**ALICE, **POST})
-    time.sleep(2.0)
-    document = client.get(f"/jobtastic/status/{result.id}", headers=ALICE).get_json()
-    assert document["state"] == "REVOKED"
-    time.sleep(5.0)  # well past when it would have finished
-    assert client.get(f"/jobtastic/status/{result.id}", headers=ALICE).get_json()["state"] == (
-        "REVOKED"
-    )
-
-
 def test_identical_calls_of_two_owners_are_two_jobs_each_readable_by_its_owner(owned_app, token):
     client = owned_app.test_client()
     alices = send_as(owned_app, ALICE, CountedTask, token=token, value=1, seconds=0.2)
