@@ -703,6 +703,8 @@ def texts(page: Page, key: str) -> list[dict[str, Any]]:
 
 
 def screenshot(page: Page, name: str) -> None:
+    """test-artifacts/<name>.png, once the bar's fill has slid to its value (0.4 s)."""
+    page.wait_for_timeout(500)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     path.unlink(missing_ok=True)
@@ -1022,6 +1024,7 @@ def test_a_job_that_could_not_be_queued_can_be_dismissed(new_page: NewPage, toke
         item = page.locator(f'li.jobtastic-job[data-job-id="{task_id}"]')
         expect(item.locator(".jobtastic-job-title")).to_have_text("A tracked test job · Failed")
         expect(item.locator(".jobtastic-text")).to_contain_text("could not be queued")
+        screenshot(page, "jobs-list-not-queued")
         item.locator(".jobtastic-job-dismiss").click()
         expect(item).to_have_count(0)
         listed = {job["id"]: job for job in page.request.get("/jobtastic/jobs").json()["jobs"]}
