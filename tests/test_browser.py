@@ -716,8 +716,9 @@ def test_cancel_shows_cancelling_until_the_worker_stops_the_job(
     new_page: NewPage, widget_server: GunicornServer, token: str
 ) -> None:
     page = new_page(base_url=widget_server.url, user="carla")
-    # A progress write every 5 s: the worker sees the cancel at the next one.
-    task_id = start_job(page, "slow", {"token": token, "seconds": 30, "steps": 6})
+    # A progress write every 10 s: the worker sees the cancel at the next one, the first
+    # coming about 8 s after the click, time enough for a second tab to see it pending.
+    task_id = start_job(page, "slow", {"token": token, "seconds": 40, "steps": 4})
     page.goto(f"/page/{task_id}")
     bar, text = page.locator("#job-bar"), page.locator("#job-bar .jobtastic-text")
     button = bar.locator(".jobtastic-cancel")
@@ -742,7 +743,7 @@ def test_cancel_shows_cancelling_until_the_worker_stops_the_job(
     expect(other_text).to_have_text("Cancelled", timeout=15_000)
     confirmed = page.evaluate("performance.now()")
     screenshot(page, "cancel-confirmed")
-    page.wait_for_timeout(6_000)  # past the job's next progress write: it stays cancelled
+    page.wait_for_timeout(6_000)  # the stopped job writes nothing more: it stays cancelled
     expect(text).to_have_text("Cancelled")
     assert wait_for_state(page, task_id, "REVOKED")["ready"] is True
 
@@ -752,7 +753,8 @@ def test_cancel_shows_cancelling_until_the_worker_stops_the_job(
     assert {e["text"] for e in shown[:final]} == {"Cancelling…"}, shown  # never back to "…left"
     assert all(e["disabled"] for e in shown[:final]), shown
     assert [e["text"] for e in shown[final:]] == ["Cancelled"] * len(shown[final:]), shown
-    print(f"\n[browser] cancel: click to 'Cancelled' in {(confirmed - clicked) / 1000:.2f} s")
+    seconds = (confirmed - clicked) / 1000
+    print(f"\n[browser] cancel: click to 'Cancelled' {seconds:.2f} s (a write every 10 s)")
 
 
 def test_a_job_that_never_writes_stays_cancelling_until_it_ended(
