@@ -98,8 +98,9 @@
   /** Declared top-level steps still pending or running. */
   function stepsLeft(steps) {
     if (!Array.isArray(steps)) return 0;
-    return steps.filter((step) => step && typeof step === "object" && !(parseInt(step.depth, 10) > 0) &&
-      (step.state === "pending" || step.state === "running")).length;
+    const waiting = (step) => !!step && typeof step === "object" &&
+      !(parseInt(step.depth, 10) > 0) && (step.state === "pending" || step.state === "running");
+    return steps.filter(waiting).length;
   }
 
   function h(tag, cls, attrs) {
@@ -427,7 +428,9 @@
         look = "value";
         const left = stepsLeft(doc.steps); // progress counts items, not the steps after them
         if (eta < 0 || pct <= 0) text = m.estimating;
-        else if (eta < 1 && left) text = fmt(left === 1 ? m.oneStepLeft : m.stepsLeft, { percent, n: left });
+        else if (eta < 1 && left) {
+          text = fmt(left === 1 ? m.oneStepLeft : m.stepsLeft, { percent, n: left });
+        }
         else if (eta < 1) text = fmt(m.almostDone, { percent });
         else text = fmt(m.progress, { percent, remaining: o.formatDuration(eta, m) });
       } else if (state === "SUCCESS") [look, text] = ["success", m.success];
@@ -671,7 +674,8 @@
 
     function update(item) {
       const id = item.getAttribute("data-job-id"), record = records.get(id);
-      const bar = item.querySelector(".jobtastic"), title = item.querySelector(".jobtastic-job-title");
+      const bar = item.querySelector(".jobtastic");
+      const title = item.querySelector(".jobtastic-job-title");
       if (!title) return;
       if (item.dataset.jobTitle == null) item.dataset.jobTitle = title.textContent.trim();
       const name = record ? record.description || record.task_name : item.dataset.jobTitle;
