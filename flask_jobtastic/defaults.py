@@ -58,6 +58,17 @@ EVENTS_POLL_INTERVAL = 0.25
 #: Longest life of one event stream; the browser reconnects afterwards.
 EVENTS_MAX_SECONDS = 600.0
 
+#: Most event streams one owner (or, for requests without an owner, one
+#: client address) may hold open in one web process; beyond it the stream
+#: answers 429 and the widget polls. 4 also keeps one browser under its six
+#: connections per host, which more open streams would use up.
+EVENTS_MAX_PER_OWNER = 4
+
+#: Most event streams one web process holds open, whoever asks. Each holds
+#: a thread: keep it well below the server's threads per process (16 leaves
+#: half of ``gunicorn -k gthread --threads 32`` to every other request).
+EVENTS_MAX_PER_PROCESS = 16
+
 #: Start a Celery worker thread inside the web process. ``None`` means "only
 #: when the broker is the in-memory one", the no-servers embedded mode.
 EMBEDDED_WORKER: bool | None = None

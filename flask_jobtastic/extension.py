@@ -27,6 +27,7 @@ from .cli import jobtastic_cli
 from .embedded import EmbeddedWorker
 from .errors import ConfigurationError
 from .registry import MemoryRegistryStore, RedisRegistryStore, Registry
+from .streams import StreamSlots, read_limits
 from .task import register_celery_app
 
 logger = logging.getLogger("flask_jobtastic")
@@ -56,6 +57,7 @@ class JobtasticState:
     events_heartbeat: float
     events_poll_interval: float
     events_max_seconds: float
+    stream_slots: StreamSlots
     embedded_worker: EmbeddedWorker | None = None
     registry: Registry | None = None
     allow_unowned: bool | None = None
@@ -268,6 +270,7 @@ class Jobtastic:
             config, "JOBTASTIC_EVENTS_POLL_INTERVAL", minimum=0, allow_equal=False
         )
         events_max = _number(config, "JOBTASTIC_EVENTS_MAX_SECONDS", minimum=0, allow_equal=False)
+        per_owner, per_process = read_limits(config)
 
         celery = self._celery if self._celery is not None else build_celery(app)
         check_celery(celery)
@@ -332,6 +335,7 @@ class Jobtastic:
             events_heartbeat=heartbeat,
             events_poll_interval=events_poll,
             events_max_seconds=events_max,
+            stream_slots=StreamSlots(per_owner, per_process),
             embedded_worker=EmbeddedWorker(celery, concurrency) if embedded else None,
             registry=build_registry(config, celery),
             allow_unowned=config["JOBTASTIC_ALLOW_UNOWNED"],

@@ -26,7 +26,7 @@ from flask import (
 )
 from werkzeug.routing import PathConverter
 
-from . import jsonsafe, results, states
+from . import jsonsafe, results, states, streams
 from .assets import asset_dir
 from .events import event_stream
 from .reading import viewer_document
@@ -165,12 +165,25 @@ def events(task_id: str) -> Any:
 
     Each ``status`` event carries the full status document; the stream ends
     after a final state. Heartbeat comments keep proxies from closing it.
+    Beyond the open-stream bounds it answers 429: the widget polls instead.
     """
     state, _ = _readable_job(task_id, must_exist=True)
-    response = Response(
-        stream_with_context(event_stream(state, task_id)),
-        mimetype="text/event-stream",
-    )
+    key = streams.owner_key(state.current_owner(), request.remote_addr)
+    release, bound = state.stream_slots.acquire(key)
+    if release is None:
+        response = jsonify(streams.refusal(task_id, bound or "process"))
+        response.headers["Retry-After"] = str(streams.RETRY_AFTER)
+        return _no_store(response), 429
+    try:
+        chunks = streams.watch_client(
+            stream_with_context(event_stream(state, task_id)),
+            request.environ.get("gunicorn.socket"),
+        )
+        response = Response(chunks, mimetype="text/event-stream")
+    except BaseException:
+        release()
+        raise
+    response.call_on_close(release)  # the server closes the response when the client left
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response

@@ -16,10 +16,15 @@
  *
  * Transports: "events" (EventSource on eventsUrl), "polling" (fetch on statusUrl, one
  * request at a time, backoff on trouble) and "auto" (events when the browser has
- * EventSource, polling once the stream fails). Each callback also fires as a bubbling DOM
- * event on the element (jobtastic:update, :progress, :success, :failure, :error, :finish)
- * with `event.detail = {tracker, document, data}`. Client-side final errors (an HTTP 400,
- * say) get the state "ERROR". Strings from the server are only ever set as textContent.
+ * EventSource, polling once the stream fails or is refused, and beyond maxStreams open
+ * streams on the page). Each callback also fires as a bubbling DOM event on the element
+ * (jobtastic:update, :progress, :success, :failure, :error, :finish) with
+ * `event.detail = {tracker, document, data}`, data being the callback's first argument
+ * (the result for :success). Client-side final errors (an HTTP 400, say) get the state
+ * "ERROR". Strings from the server are only ever set as textContent.
+ *
+ * Cancel: "Cancelling…" (button disabled) from the click, or while a document carries
+ * `cancel_pending: true`, until a final document; a failed POST says so and re-enables it.
  */
 (function (window, document) {
   "use strict";
@@ -27,6 +32,8 @@
   const FINAL = ["SUCCESS", "FAILURE", "REVOKED", "UNKNOWN", "ERROR"];
   const STEP_STATES = ["pending", "running", "done", "failed"];
   const trackers = new WeakMap();
+  const streams = { open: 0, refusedAt: -Infinity }; // event streams of this page
+  const STREAM_PAUSE = 5000; // ms of polling for new bars after a stream was refused
 
   const settings = {
     urlPrefix: "/jobtastic",
@@ -39,6 +46,7 @@
     maxPollInterval: 10000, // ms, the ceiling of the backoff
     maxConsecutiveErrors: 3, // failed polls before the error state and onError
     unknownRetries: 3, // a job just sent may not be recorded yet
+    maxStreams: 4, // open event streams per page; more bars poll (a browser has 6 connections)
     cancelButton: false,
     theme: "plain", // "plain" | "bootstrap" (Bootstrap 5 classes)
     autoInit: true, // scan the page on DOMContentLoaded
@@ -55,11 +63,13 @@
       pending: "Waiting for a worker…", started: "Waiting for a worker…",
       estimating: "Starting… estimating time remaining",
       progress: "{percent}% · about {remaining} left", almostDone: "{percent}% · almost done",
+      oneStepLeft: "{percent}% · 1 step to go", stepsLeft: "{percent}% · {n} steps to go",
       success: "Done", failure: "The job failed", errorId: "Error reference: {id}",
       retry: "Retrying…", revoked: "Cancelled", unknown: "This job could not be found",
       networkError: "Can't reach the server, retrying…",
       requestError: "The job's status could not be loaded",
       cancel: "Cancel", cancelling: "Cancelling…", cancelFailed: "Could not cancel the job",
+      jobsUnavailable: "Your jobs could not be loaded, retrying…",
       counts: "{success} done, {failure} failed, {pending} to go",
       stepPending: "Pending", stepRunning: "Running", stepDone: "Done", stepFailed: "Failed",
       hours: "{n} h", minutes: "{n} min", seconds: "{n} s",
@@ -83,6 +93,14 @@
     if (min) parts.push(fmt(m.minutes, { n: min }));
     if (sec || !parts.length) parts.push(fmt(m.seconds, { n: sec }));
     return parts.join(" ");
+  }
+
+  /** Declared top-level steps still pending or running. */
+  function stepsLeft(steps) {
+    if (!Array.isArray(steps)) return 0;
+    const waiting = (step) => !!step && typeof step === "object" &&
+      !(parseInt(step.depth, 10) > 0) && (step.state === "pending" || step.state === "running");
+    return steps.filter(waiting).length;
   }
 
   function h(tag, cls, attrs) {
@@ -169,25 +187,34 @@
       this.transport = null;
     }
 
-    /** POST to cancelUrl; the next status document should say REVOKED. */
+    /** Whether a cancel waits for the worker: asked here, or said so by the server. */
+    get cancelPending() {
+      if (this.finished) return false;
+      return !!this._cancelState || !!(this.document && this.document.cancel_pending === true);
+    }
+
+    /**
+     * POST to cancelUrl. Resolves true once the server took the cancel: the bar says
+     * "Cancelling…" until a document confirms it (REVOKED) or shows how the job ended.
+     */
     async cancel() {
-      if (this.finished || this._cancelState) return false;
+      if (this.finished || this.cancelPending) return false;
       this._cancelState = "sending";
       this._notice = "";
       this._render();
-      let ok = false, body = null;
+      let res = null, body = null;
       try {
-        const res = await fetch(this.options.cancelUrl, {
+        res = await fetch(this.options.cancelUrl, {
           method: "POST", credentials: "same-origin",
           headers: { "X-Requested-With": "jobtastic", Accept: "application/json" },
         });
-        ok = res.ok;
         body = await res.json().catch(() => null);
-      } catch (e) { /* ok stays false */ }
+      } catch (e) { /* network error: res stays null */ }
+      const ok = !!res && res.ok;
       this._cancelState = ok ? "sent" : null;
       this._notice = ok ? "" : this.options.messages.cancelFailed;
       if (ok && body && typeof body.state === "string" && body.task_id === this.taskId) {
-        this._handle(body); // the server answered with the new status document
+        this._handle(body); // the server answered with the job's status document
       } else if (ok && this._timer) this._schedule(0); // ask for the new state right away
       if (!this.finished) this._render();
       return ok;
@@ -197,12 +224,15 @@
 
     _listen() {
       let es, delivered = false, errors = 0;
+      const refusedLately = performance.now() - streams.refusedAt < STREAM_PAUSE;
+      if (streams.open >= this.options.maxStreams || refusedLately) return this._startPolling(0);
       try {
         es = new window.EventSource(this.options.eventsUrl);
       } catch (e) {
         return this._startPolling(0);
       }
       this._es = es;
+      streams.open += 1;
       this.transport = "events";
       const onMessage = (ev) => {
         if (this._es !== es) return;
@@ -221,15 +251,17 @@
       });
       es.addEventListener("error", () => {
         if (this._es !== es) return;
-        // The browser may reconnect once after a stream that worked; otherwise poll.
+        // A stream refused (429: too many open) or broken before its first document
+        // is not retried: this bar polls, and so do bars added in the next seconds.
+        // After a stream that worked the browser may reconnect once.
         errors += 1;
+        if (!delivered) streams.refusedAt = performance.now();
         if (!delivered || errors >= 2 || es.readyState === 2) this._startPolling(0);
       });
     }
 
     _startPolling(delay) {
-      if (this._es) this._es.close();
-      this._es = null;
+      this._closeStream();
       this.transport = "polling";
       this._schedule(delay);
     }
@@ -305,10 +337,17 @@
       });
     }
 
+    _closeStream() {
+      if (!this._es) return;
+      this._es.close();
+      this._es = null;
+      streams.open -= 1;
+    }
+
     _close() {
       clearTimeout(this._timer);
-      if (this._es) this._es.close();
-      this._timer = this._es = null;
+      this._closeStream();
+      this._timer = null;
     }
 
     // -- status documents --
@@ -387,7 +426,11 @@
       if (state === "PROGRESS") {
         const eta = doc.time_remaining == null ? -1 : Number(doc.time_remaining);
         look = "value";
+        const left = stepsLeft(doc.steps); // progress counts items, not the steps after them
         if (eta < 0 || pct <= 0) text = m.estimating;
+        else if (eta < 1 && left) {
+          text = fmt(left === 1 ? m.oneStepLeft : m.stepsLeft, { percent, n: left });
+        }
         else if (eta < 1) text = fmt(m.almostDone, { percent });
         else text = fmt(m.progress, { percent, remaining: o.formatDuration(eta, m) });
       } else if (state === "SUCCESS") [look, text] = ["success", m.success];
@@ -397,6 +440,8 @@
       else if (state === "UNKNOWN") [look, text] = ["muted", m.unknown];
       else if (state === "RETRY") text = m.retry;
       else if (state === "STARTED") text = m.started;
+      const cancelling = this.cancelPending;
+      if (cancelling) text = m.cancelling;
       if (this.connectionError && !this.finished) text = m.networkError;
 
       for (const c of Array.from(root.classList)) {
@@ -406,6 +451,7 @@
       root.classList.toggle("jobtastic-indeterminate", look === "busy");
       root.classList.toggle("jobtastic-finished", this.finished);
       root.classList.toggle("jobtastic-connection-error", !!this.connectionError);
+      root.classList.toggle("jobtastic-cancelling", cancelling);
 
       const bar = ui.bar, bs = o.theme === "bootstrap";
       if (look === "busy") {
@@ -429,12 +475,14 @@
       setText(ui.text, text);
       setText(ui.notice, this._notice);
       show(ui.notice, !!this._notice && !this.finished);
+      // The error id once: the generic message already quotes it.
       const errId = state === "FAILURE" && doc.error && doc.error.error_id;
-      setText(ui.errorId, errId ? fmt(m.errorId, { id: errId }) : "");
-      show(ui.errorId, !!errId);
+      const quoted = !!errId && text.indexOf(String(errId)) >= 0;
+      setText(ui.errorId, errId && !quoted ? fmt(m.errorId, { id: errId }) : "");
+      show(ui.errorId, !!errId && !quoted);
       show(ui.cancel, !!o.cancelButton && !this.finished);
-      ui.cancel.disabled = !!this._cancelState;
-      setText(ui.cancel, this._cancelState ? m.cancelling : m.cancel);
+      ui.cancel.disabled = cancelling;
+      setText(ui.cancel, m.cancel);
 
       // Optional richer fields: steps, their summary, counts and a message log.
       const steps = Array.isArray(doc.steps) ? doc.steps : [];
@@ -567,78 +615,157 @@
 
   const JOB_LABELS = {
     queued: "Queued", running: "Running", succeeded: "Done", failed: "Failed",
-    revoked: "Cancelled", retrying: "Retrying",
+    revoked: "Cancelled", retrying: "Retrying", cancelling: "Cancelling…",
+  };
+  const JOB_FINISHED = ["succeeded", "failed", "revoked"];
+  /** A bar's document state as a job-list state. */
+  const DOC_JOB_STATES = {
+    PENDING: "queued", STARTED: "running", PROGRESS: "running", RETRY: "retrying",
+    SUCCESS: "succeeded", FAILURE: "failed", REVOKED: "revoked",
   };
 
-  /** Keep a `.jobtastic-jobs` list in step with GET <prefix>/jobs; one bar per job. */
+  /** The state a list item shows: its bar's, which is live, unless the record knows more. */
+  function jobState(record, tracker) {
+    const live = tracker && (tracker.cancelPending ? "cancelling"
+      : tracker.document && DOC_JOB_STATES[tracker.document.state]);
+    const known = record && record.state;
+    if (live && (JOB_FINISHED.indexOf(live) >= 0 || JOB_FINISHED.indexOf(known) < 0)) return live;
+    return known || live || "queued";
+  }
+
+  /**
+   * Keep a `.jobtastic-jobs` list in step with GET <prefix>/jobs; one bar per job. Each
+   * title follows its bar live. While the list cannot be loaded (a 503 while Redis is
+   * down, the network) it says so and retries with backoff, honouring Retry-After.
+   * Watching a section again replaces the previous watcher (options: interval, maxInterval).
+   */
   function watchJobs(section, options) {
     section = resolve(section);
-    if (!section || section.__jobtasticJobs) return null;
-    const opts = Object.assign({interval: 3000}, options);
+    if (section.__jobtasticJobs) {
+      if (!options) return section.__jobtasticJobs;
+      section.__jobtasticJobs.stop();
+    }
+    const opts = Object.assign({ interval: 3000, maxInterval: 30000 }, options);
     const url = section.getAttribute("data-jobtastic-jobs-url") || settings.urlPrefix + "/jobs";
     const seenTemplate = section.getAttribute("data-jobtastic-seen-url") || "";
     const list = section.querySelector(".jobtastic-jobs-list");
     const empty = section.querySelector(".jobtastic-jobs-empty");
-    let timer = null;
-    let stopped = false;
+    let note = section.querySelector(".jobtastic-jobs-status");
+    if (!note) {
+      note = h("p", "jobtastic-jobs-status", { role: "status" });
+      note.hidden = true;
+      list.after(note);
+    }
+    const records = new Map(); // id -> the last record the server sent
+    const dismissed = new Set(); // seen jobs stay listed a while (seen_ttl), not on this page
+    let timer = null, stopped = false, delay = opts.interval, failures = 0;
 
     function itemFor(job) {
       let item = list.querySelector('[data-job-id="' + CSS.escape(job.id) + '"]');
       if (!item) {
-        item = document.createElement("li");
-        item.setAttribute("data-job-id", job.id);
-        const title = document.createElement("div");
-        title.className = "jobtastic-job-title";
-        const bar = document.createElement("div");
-        bar.className = "jobtastic";
-        bar.setAttribute("data-jobtastic-task-id", job.id);
-        item.append(title, bar);
+        item = h("li", "jobtastic-job", { "data-job-id": job.id });
+        const bar = h("div", "jobtastic", { "data-jobtastic-task-id": job.id });
+        item.append(h("div", "jobtastic-job-title"), bar);
         list.prepend(item);
-        track(bar, {taskId: job.id});
+        track(bar, { taskId: job.id });
       }
       return item;
     }
 
+    function update(item) {
+      const id = item.getAttribute("data-job-id"), record = records.get(id);
+      const bar = item.querySelector(".jobtastic");
+      const title = item.querySelector(".jobtastic-job-title");
+      if (!title) return;
+      if (item.dataset.jobTitle == null) item.dataset.jobTitle = title.textContent.trim();
+      const name = record ? record.description || record.task_name : item.dataset.jobTitle;
+      const state = jobState(record, bar && trackers.get(bar));
+      item.className = "jobtastic-job jobtastic-job-" + state;
+      setText(title, name + " · " + (JOB_LABELS[state] || state));
+      const finished = JOB_FINISHED.indexOf(state) >= 0 && !(record && record.seen);
+      let dismiss = item.querySelector(".jobtastic-job-dismiss");
+      if (finished && seenTemplate && !dismiss) {
+        dismiss = h("button", "jobtastic-job-dismiss", { type: "button" });
+        dismiss.textContent = "Dismiss";
+        dismiss.addEventListener("click", () => markSeen(item, dismiss));
+        item.append(dismiss);
+      }
+    }
+
+    async function markSeen(item, button) {
+      const id = item.getAttribute("data-job-id");
+      button.disabled = true;
+      let res = null;
+      try {
+        res = await fetch(seenTemplate.replace("00000000-0000-0000-0000-000000000000", id), {
+          method: "POST", credentials: "same-origin",
+          headers: { "X-Requested-With": "jobtastic", Accept: "application/json" },
+        });
+      } catch (e) { /* res stays null: keep the job, let the user try again */ }
+      if (res && (res.ok || res.status === 404)) {
+        dismissed.add(id);
+        records.delete(id);
+        item.remove();
+        if (empty) empty.hidden = list.children.length > 0;
+        refresh();
+      } else button.disabled = false;
+    }
+
     function render(jobs) {
-      const keep = new Set(jobs.map((job) => job.id));
+      jobs = jobs.filter((job) => job && !dismissed.has(job.id));
+      records.clear();
+      for (const job of jobs) records.set(job.id, job);
       for (const item of Array.from(list.children)) {
-        if (!keep.has(item.getAttribute("data-job-id"))) item.remove();
+        if (!records.has(item.getAttribute("data-job-id"))) item.remove();
       }
-      for (const job of jobs.slice().reverse()) {
-        const item = itemFor(job);
-        item.className = "jobtastic-job jobtastic-job-" + job.state;
-        item.querySelector(".jobtastic-job-title").textContent =
-          (job.description || job.task_name) + " · " + (JOB_LABELS[job.state] || job.state);
-        let dismiss = item.querySelector(".jobtastic-job-dismiss");
-        if (job.finished && !job.seen && seenTemplate && !dismiss) {
-          dismiss = document.createElement("button");
-          dismiss.type = "button";
-          dismiss.className = "jobtastic-job-dismiss";
-          dismiss.textContent = "Dismiss";
-          dismiss.addEventListener("click", () => {
-            const seenUrl = seenTemplate.replace("00000000-0000-0000-0000-000000000000", job.id);
-            fetch(seenUrl, {
-              method: "POST", credentials: "same-origin",
-              headers: {"X-Requested-With": "jobtastic", "Accept": "application/json"},
-            }).then(() => { item.remove(); refresh(); });
-          });
-          item.append(dismiss);
-        }
-      }
+      for (const job of jobs.slice().reverse()) update(itemFor(job));
       if (empty) empty.hidden = jobs.length > 0;
     }
 
-    function refresh() {
+    const onUpdate = (event) => {
+      const item = event.target.closest && event.target.closest("li.jobtastic-job");
+      if (item && item.parentNode === list) update(item);
+    };
+    section.addEventListener("jobtastic:update", onUpdate);
+
+    async function refresh() {
       clearTimeout(timer);
-      return fetch(url, {credentials: "same-origin", cache: "no-store",
-                         headers: {"Accept": "application/json"}})
-        .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
-        .then((body) => render(body.jobs || []))
-        .catch(() => {})
-        .then(() => { if (!stopped) timer = setTimeout(refresh, opts.interval); });
+      let wait = opts.interval;
+      try {
+        const res = await fetch(url, {
+          credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" },
+        });
+        const body = res.ok ? await res.json() : null;
+        if (!body || !Array.isArray(body.jobs)) {
+          const retryAfter = Number(res.headers.get("Retry-After")) * 1000 || 0;
+          throw Object.assign(new Error("HTTP " + res.status), { retryAfter });
+        }
+        render(body.jobs);
+        failures = 0;
+        delay = opts.interval;
+        setText(note, "");
+      } catch (e) {
+        failures += 1;
+        delay = Math.min(opts.maxInterval, Math.max(delay * 2, (e && e.retryAfter) || 0));
+        wait = delay;
+        setText(note, settings.messages.jobsUnavailable);
+      }
+      note.hidden = !note.textContent;
+      if (!stopped) timer = setTimeout(refresh, wait);
     }
 
-    section.__jobtasticJobs = {refresh, stop() { stopped = true; clearTimeout(timer); }};
+    section.__jobtasticJobs = {
+      refresh,
+      stop() {
+        stopped = true;
+        clearTimeout(timer);
+        section.removeEventListener("jobtastic:update", onUpdate);
+        delete section.__jobtasticJobs;
+      },
+      get failures() { return failures; },
+      get delay() { return delay; },
+    };
+    list.querySelectorAll("li.jobtastic-job").forEach(update); // rendered by the server
     refresh();
     return section.__jobtasticJobs;
   }

@@ -75,12 +75,15 @@ def test_stream_frees_its_subscription_when_the_client_leaves(app, client, token
     def subscribers() -> int:
         return dict(admin.pubsub_numsub(channel))[channel.encode()]
 
+    slots = app.extensions["jobtastic"].stream_slots
     before = subscribers()  # Celery's own result consumer may listen too
     response = client.get(f"/jobtastic/events/{result.id}", buffered=False)
     stream = parse(response.response)
     next(stream), next(stream)  # the retry hint and the first document
     assert subscribers() == before + 1
+    assert slots.open_streams() == 1  # the stream counts against the bounds
     response.close()  # the browser went away
+    assert slots.open_streams() == 0  # and its slot is free again at once
     deadline = time.monotonic() + 5
     while subscribers() > before:
         assert time.monotonic() < deadline, "subscription still open after the client left"

@@ -1,0 +1,63 @@
+"""The app gunicorn serves in the widget and stream tests: ``gunicorn tests.widget_app:app``.
+
+The current user is the ``X-User`` header (a browser context sends it on
+every request, the event stream's too). ``JOBTASTIC_TEST_APP_CONFIG`` (a JSON
+object) adds settings, e.g. ``{"JOBTASTIC_EVENTS_HEARTBEAT": 1.0}``.
+
+* ``POST /start/<kind>`` with the job's keyword arguments as JSON answers
+  ``{"task_id": ...}``; kinds: ``slow`` (``SlowProgressTask``), ``tracked``
+  (``TrackedTask``, listed in "my jobs"), ``failing`` (``FailingTask``),
+  ``silent`` (``SilentTask``, reports nothing).
+* ``GET /page`` and ``GET /page/<task_id>``: the user's job list, and the
+  job's bar with a Cancel button (``?transport=polling`` to poll).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from flask import jsonify, render_template_string, request
+
+from tests.app_factory import create_app
+from tests.tasks import FailingTask, SilentTask, SlowProgressTask, TrackedTask
+
+app = create_app(
+    owner_header="X-User", **json.loads(os.environ.get("JOBTASTIC_TEST_APP_CONFIG") or "{}")
+)
+
+KINDS = {
+    "slow": SlowProgressTask,
+    "tracked": TrackedTask,
+    "failing": FailingTask,
+    "silent": SilentTask,
+}
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><link rel="icon" href="data:,"><title>Widget test</title>
+{{ jobtastic_assets() }}</head>
+<body><main style="max-width: 40rem; margin: 2rem auto; font-family: sans-serif">
+{% from "jobtastic/macros.html" import progress_bar %}
+{% if task_id %}<h1>Job</h1>
+{{ progress_bar(task_id, cancel_button=True, transport=transport, attrs={"id": "job-bar"}) }}
+{% endif %}
+<h2>My jobs</h2>
+{% include "jobtastic/jobs.html" %}
+</main></body></html>
+"""
+
+
+@app.post("/start/<kind>")
+def start(kind: str) -> Any:
+    task = KINDS[kind]
+    result = task.delay_or_fail(**(request.get_json(force=True) or {}))
+    return jsonify(task_id=result.id)
+
+
+@app.get("/page")
+@app.get("/page/<task_id>")
+def page(task_id: str | None = None) -> Any:
+    transport = request.args.get("transport", "auto")
+    return render_template_string(PAGE, task_id=task_id, transport=transport)
