@@ -251,7 +251,9 @@ def test_nan_and_infinity_are_refused(cache: Cache, value: Any) -> None:
     assert cache.get("number") is None
 
 
-@pytest.mark.parametrize("flags", [1, FLAG_JSON], ids=["pickle-flag", "json-flag"])
+@pytest.mark.parametrize(
+    "flags", [1, FLAG_JSON, 16], ids=["pickle-flag", "json-flag", "old-text-flag"]
+)
 def test_planted_pickle_is_never_unpickled(
     cache: Cache,
     memcached: MemcachedServer,
