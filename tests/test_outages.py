@@ -184,8 +184,9 @@ def test_outage_fails_fast_runs_eagerly_and_recovers(rig: Rig, warm: bool) -> No
 
     listing = web.ask("get", url="/jobtastic/jobs")
     partial = web.ask("get", url="/jobtastic/jobs.html")
+    status = web.ask("get", url=f"/jobtastic/status/{failed[0]['id']}")
     if rig.registry_down:
-        for answer in (listing, partial):
+        for answer in (listing, partial, status):
             assert answer["status"] == 503, answer
             assert answer["json"]["error"]["type"] == "ResultBackendUnavailable", answer
             assert answer["retry_after"], answer
@@ -193,8 +194,13 @@ def test_outage_fails_fast_runs_eagerly_and_recovers(rig: Rig, warm: bool) -> No
         states = {job["id"]: job["state"] for job in listing["json"]["jobs"]}
         assert all(states[call["id"]] == "failed" for call in failed), states
         assert partial["status"] == 200 and partial["content_type"].startswith("text/html")
+        assert status["status"] == 200, status
+        assert status["json"]["error"]["type"] == "BrokerUnavailable", status
 
     rig.victim.restart()
+    if rig.registry_down:  # nothing of the refused job was stored: an id nobody knows
+        status = web.ask("get", url=f"/jobtastic/status/{failed[0]['id']}")
+        assert status["status"] == 404 and status["json"]["state"] == "UNKNOWN", status
     # the same process, not restarted: a job sent now runs (the worker reconnects on its own)
     send_one(web)
 
