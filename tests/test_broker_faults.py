@@ -1,35 +1,40 @@
-"""A real broker Redis killed under the app: fallbacks answer fast and clearly."""
+"""A real broker killed under the app: fallbacks answer fast and clearly.
+
+On a RabbitMQ broker, and on a Redis broker apart from the result backend's
+Redis (with the quick start's one Redis, killing the broker kills the backend
+too: that outage has tests of its own).
+"""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from flask import Flask
 
 from tests.app_factory import close_app, create_app
-from tests.servers import RedisServer
+from tests.rig import Servers
+from tests.servers import RabbitMQServer, RedisServer
 from tests.tasks import CountedTask, DivisionTask
 
 
-@pytest.fixture
-def broker() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
+@pytest.fixture(params=["rabbitmq", "separate-redis"])
+def servers(request: pytest.FixtureRequest, make_servers: Callable[..., Servers]) -> Servers:
+    return make_servers(request.param)
 
 
 @pytest.fixture
-def fragile_app(broker: RedisServer) -> Iterator[Flask]:
-    """An app whose broker is a Redis of its own; results stay on the shared one."""
-    app = create_app(
-        CELERY={
-            "broker_url": broker.url,
-            "result_backend": os.environ["JOBTASTIC_TEST_BACKEND_URL"],
-        }
-    )
+def broker(servers: Servers) -> RedisServer | RabbitMQServer:
+    assert servers.broker is not None and servers.broker is not servers.redis
+    return servers.broker
+
+
+@pytest.fixture
+def fragile_app(servers: Servers) -> Iterator[Flask]:
+    """An app whose broker is a server of its own; results on a Redis that stays up."""
+    app = create_app(servers=servers.env())
     yield app
     close_app(app)
 
