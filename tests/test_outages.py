@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,9 @@ import pytest
 from flask import Flask
 
 from tests.app_factory import close_app, create_app
-from tests.conftest import ROOT
-from tests.servers import MemcachedServer, RabbitMQServer, RedisServer, ServerProcess
+from tests.rig import ROOT, Broker, RigFactory, Servers
+from tests.servers import RedisServer, ServerProcess
 from tests.tasks import TrackedTask
-from tests.test_faults import EnvWorker
 
 #: How long one command to the web process may take before the test calls it a hang.
 COMMAND_TIMEOUT = 60.0
@@ -90,63 +89,42 @@ class WebProcess:
         self._log.close()
 
 
-class Rig:
-    """Servers of one test: a memcached, and Redis servers per ``layout``.
-
-    ``both``: one Redis is broker and result backend (the quick start), and the
-    one that goes down. ``broker`` / ``backend``: two Redis servers, the named
-    one goes down. ``rabbitmq``: a RabbitMQ broker goes down, results on Redis.
-    """
-
-    def __init__(
-        self, exits: ExitStack, layout: str, log_dir: Path, rabbitmq: RabbitMQServer | None
-    ) -> None:
-        self.memcached = exits.enter_context(MemcachedServer())
-        # the module's RabbitMQ outlives the test; a Redis is the test's own
-        first: ServerProcess = rabbitmq or exits.enter_context(RedisServer())
-        second = first if layout == "both" else exits.enter_context(RedisServer())
-        self.broker, self.backend = (first, second) if layout != "backend" else (second, first)
-        #: the server this test kills
-        self.victim = first
-        self.log_dir = log_dir
-        self.env = {
-            "JOBTASTIC_TEST_BROKER_URL": self.broker.url,
-            "JOBTASTIC_TEST_BACKEND_URL": self.backend.url,
-            # run counters stay on the session's Redis, which nobody kills
-            "JOBTASTIC_TEST_COUNTER_URL": os.environ["JOBTASTIC_TEST_COUNTER_URL"],
-            "JOBTASTIC_TEST_MEMCACHED": self.memcached.address,
-        }
-        self.worker = EnvWorker(log_dir / "worker.log", self.env, concurrency=2)
-        self.worker.start()
-        exits.callback(self.worker.kill)
-        self.web = WebProcess(self.env, log_dir / "web.log")
-        exits.callback(self.web.close)
-
-    @property
-    def registry_down(self) -> bool:
-        """The job registry lives on the result backend's Redis."""
-        return self.victim is self.backend
+#: layout: (the ``make_servers`` broker, which server goes down).
+#: ``both``: the one Redis that is broker and result backend (the quick start).
+#: ``backend`` / ``broker``: a Redis broker apart from the backend's, one of them.
+#: ``rabbitmq``: a RabbitMQ broker, results on Redis.
+LAYOUTS: dict[str, tuple[Broker, str]] = {
+    "both": ("redis", "redis"),
+    "backend": ("separate-redis", "redis"),
+    "broker": ("separate-redis", "broker"),
+    "rabbitmq": ("rabbitmq", "broker"),
+}
 
 
-@pytest.fixture(scope="module")
-def rabbitmq() -> Iterator[RabbitMQServer]:
-    """A RabbitMQ node of this module's own (it boots in about 10 s: shared by its tests)."""
-    server = RabbitMQServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+@dataclass
+class Outage:
+    """A web process of its own on servers of its own, with a real worker, and the victim."""
+
+    web: WebProcess
+    victim: ServerProcess
+    #: the job registry lives on the result backend's Redis
+    registry_down: bool
 
 
 @pytest.fixture
-def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
-    layout = request.param
-    rabbit = request.getfixturevalue("rabbitmq") if layout == "rabbitmq" else None
-    if rabbit is not None:
-        rabbit.start()  # up again, whatever the previous test left
-    with ExitStack() as exits:
-        yield Rig(exits, layout, tmp_path, rabbit)
+def outage(
+    request: pytest.FixtureRequest, make_servers: Callable[..., Servers], make_rig: RigFactory
+) -> Iterator[Outage]:
+    broker, victim = LAYOUTS[request.param]
+    servers = make_servers(broker)
+    rig = make_rig(servers=servers)  # the README's prefork worker, of this test's own
+    web = WebProcess(rig.env, rig.worker.log_path.with_name("web.log"))
+    try:
+        server = servers.redis if victim == "redis" else servers.broker
+        assert server is not None
+        yield Outage(web, server, registry_down=server is servers.redis)
+    finally:
+        web.close()
 
 
 def send_one(web: WebProcess) -> dict[str, Any]:
@@ -158,16 +136,13 @@ def send_one(web: WebProcess) -> dict[str, Any]:
     return call
 
 
-LAYOUTS = ["both", "backend", "broker", "rabbitmq"]
-
-
 @pytest.mark.parametrize("warm", [False, True], ids=["fresh", "warm"])
-@pytest.mark.parametrize("rig", LAYOUTS, indirect=True)
-def test_outage_fails_fast_runs_eagerly_and_recovers(rig: Rig, warm: bool) -> None:
-    web = rig.web
+@pytest.mark.parametrize("outage", list(LAYOUTS), indirect=True)
+def test_outage_fails_fast_runs_eagerly_and_recovers(outage: Outage, warm: bool) -> None:
+    web = outage.web
     if warm:
         send_one(web)
-    rig.victim.kill()
+    outage.victim.kill()
 
     failed = web.ask("fail", n=5)["calls"]
     for call in failed:
@@ -185,7 +160,7 @@ def test_outage_fails_fast_runs_eagerly_and_recovers(rig: Rig, warm: bool) -> No
     listing = web.ask("get", url="/jobtastic/jobs")
     partial = web.ask("get", url="/jobtastic/jobs.html")
     status = web.ask("get", url=f"/jobtastic/status/{failed[0]['id']}")
-    if rig.registry_down:
+    if outage.registry_down:
         for answer in (listing, partial, status):
             assert answer["status"] == 503, answer
             assert answer["json"]["error"]["type"] == "ResultBackendUnavailable", answer
@@ -197,8 +172,8 @@ def test_outage_fails_fast_runs_eagerly_and_recovers(rig: Rig, warm: bool) -> No
         assert status["status"] == 200, status
         assert status["json"]["error"]["type"] == "BrokerUnavailable", status
 
-    rig.victim.restart()
-    if rig.registry_down:  # nothing of the refused job was stored: an id nobody knows
+    outage.victim.restart()
+    if outage.registry_down:  # nothing of the refused job was stored: an id nobody knows
         status = web.ask("get", url=f"/jobtastic/status/{failed[0]['id']}")
         assert status["status"] == 404 and status["json"]["state"] == "UNKNOWN", status
     # the same process, not restarted: a job sent now runs (the worker reconnects on its own)
@@ -209,19 +184,19 @@ def test_outage_fails_fast_runs_eagerly_and_recovers(rig: Rig, warm: bool) -> No
 
 
 @pytest.fixture
-def split_app() -> Iterator[tuple[Flask, RedisServer, RedisServer]]:
-    """An in-process app whose broker and result backend are Redis servers of its own."""
-    with RedisServer() as broker, RedisServer() as backend:
-        app = create_app(CELERY={"broker_url": broker.url, "result_backend": backend.url})
-        yield app, broker, backend
-        close_app(app)
+def split_app(make_servers: Callable[..., Servers]) -> Iterator[tuple[Flask, RedisServer]]:
+    """An in-process app on a Redis broker and a result-backend Redis of its own."""
+    servers = make_servers("separate-redis")
+    app = create_app(servers=servers.env())
+    yield app, servers.redis
+    close_app(app)
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["fresh", "warm"])
 def test_celery_send_task_with_the_result_backend_down_neither_hangs_nor_raises(
-    split_app: tuple[Flask, RedisServer, RedisServer], warm: bool
+    split_app: tuple[Flask, RedisServer], warm: bool
 ) -> None:
-    app, _broker, backend = split_app
+    app, backend = split_app
     celery = app.extensions["jobtastic"].celery
     kept = []
     if warm:  # a result still subscribed when Redis goes
