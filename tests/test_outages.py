@@ -33,7 +33,7 @@ from tests.tasks import TrackedTask
 #: How long one command to the web process may take before the test calls it a hang.
 COMMAND_TIMEOUT = 60.0
 
-#: The issue's bound for ``delay_or_fail`` with something down.
+#: The README's bound for ``delay_or_fail`` with something down ("within a second").
 FAIL_BOUND = 1.0
 
 
