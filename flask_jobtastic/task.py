@@ -409,7 +409,7 @@ class JobtasticTask(Task):
         except Exception as exc:
             if herd_key:
                 cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
-            if not _is_outage(exc, state.broker_errors, self.backend):
+            if exc is not unrecorded and not _is_outage(exc, state.broker_errors, self.backend):
                 raise
             where = "result backend" if exc is unrecorded else "broker"
             logger.error(
