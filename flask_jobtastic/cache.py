@@ -38,7 +38,8 @@ from pymemcache.exceptions import (
     MemcacheUnexpectedCloseError,
     MemcacheUnknownError,
 )
-from pymemcache.serde import pickle_serde
+
+from .cache_serde import NOTHING, JsonSerde, UnserializableValue, check_json
 
 logger = logging.getLogger("flask_jobtastic.cache")
 
@@ -89,31 +90,6 @@ class _Throttle:
                 return False
             self._last[topic] = now
             return True
-
-
-class _UnserializableValue(Exception):
-    """Carries a pickling error out of pymemcache so it is not mistaken for an outage."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class _Serde:
-    """pickle_serde, so any picklable value round-trips as with other backends.
-
-    An unpicklable value is the caller's bug and is raised as such (like
-    RedisCache does) instead of being reported as memcached trouble.
-    """
-
-    def serialize(self, key: bytes, value: Any) -> tuple[bytes, int]:
-        try:
-            return pickle_serde.serialize(key, value)
-        except Exception as exc:
-            raise _UnserializableValue(exc) from exc
-
-    def deserialize(self, key: bytes, value: bytes, flags: int) -> Any:
-        return pickle_serde.deserialize(key, value, flags)
 
 
 def _server_name(server: ServerSpec) -> str:
@@ -215,7 +191,7 @@ class _FailSoftHashClient(HashClient):
     ) -> None:
         super().__init__(
             servers,
-            serde=_Serde(),
+            serde=JsonSerde(warn_interval),
             use_pooling=True,
             ignore_exc=False,
             default_noreply=False,
@@ -271,7 +247,7 @@ class _FailSoftHashClient(HashClient):
         while True:
             try:
                 result = func(*args, **kwargs)
-            except _UnserializableValue:
+            except UnserializableValue:
                 raise
             except Exception as exc:
                 kind = _classify(exc)
@@ -324,7 +300,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _fail_soft(on_failure: Callable[..., Any]) -> Callable[[_Method], _Method]:
     """Last line of defence for a backend method: whatever goes wrong, answer a miss.
 
-    Only a value that cannot be pickled is raised, as that is the caller's bug.
+    Only a value JSON cannot carry is raised, as that is the caller's bug.
     """
 
     def decorate(method: _Method) -> _Method:
@@ -332,7 +308,7 @@ def _fail_soft(on_failure: Callable[..., Any]) -> Callable[[_Method], _Method]:
         def wrapper(self: PyMemcacheCache, *args: Any, **kwargs: Any) -> Any:
             try:
                 return method(self, *args, **kwargs)
-            except _UnserializableValue as exc:
+            except UnserializableValue as exc:
                 raise exc.error from None
             except Exception as exc:
                 if self._unexpected.allow(method.__name__):
@@ -397,7 +373,10 @@ class PyMemcacheCache(BaseCache):
 
     ``CACHE_TYPE = "flask_jobtastic.cache.PyMemcacheCache"`` with servers in
     ``CACHE_MEMCACHED_SERVERS``. Keys are spread over the servers by
-    rendezvous hashing, connections are pooled per server, values are pickled.
+    rendezvous hashing, connections are pooled per server, values are stored as
+    strict JSON (see :mod:`flask_jobtastic.cache_serde`): a value JSON cannot
+    carry raises TypeError, and a stored value that is not JSON (a pickle
+    planted by someone who can reach memcached) reads as a miss, never decoded.
 
     When a server is down, reads miss and writes report failure, with one
     WARNING per server per ``warn_interval``; it is probed again every
@@ -531,6 +510,11 @@ class PyMemcacheCache(BaseCache):
     ) -> list[Any]:
         if not mapping:
             return []
+        for key, value in mapping.items():  # all or nothing, whichever server holds a key
+            try:
+                check_json(value, f"mapping[{key!r}]")
+            except (TypeError, ValueError) as exc:
+                raise UnserializableValue(exc) from exc
         originals = {self.memcached_key(key): key for key in mapping}
         values = {stored: mapping[key] for stored, key in originals.items()}
         failed = set(self._client.set_many(values, expire=self._expire(timeout)))
@@ -550,7 +534,7 @@ class PyMemcacheCache(BaseCache):
     @_fail_soft(_false)
     def has(self, key: str) -> bool:
         # Appending nothing succeeds only for an existing key and fetches no value.
-        return self._client.run("append", self.memcached_key(key), b"") is True
+        return self._client.run("append", self.memcached_key(key), NOTHING) is True
 
     @_fail_soft(_false)
     def clear(self) -> bool:
@@ -588,6 +572,8 @@ class PyMemcacheCache(BaseCache):
                 if fetched is _FAILED:
                     return None
                 current, token = fetched
+                if current is None and token is not None:
+                    return None  # the key holds a value that is not ours: not a counter
             if current is None:  # no such key yet: start it at delta
                 added = client.run("add", stored, delta, expire=expire)
                 if added is _FAILED:

@@ -20,6 +20,7 @@ from flask import Flask, current_app, has_app_context, has_request_context
 from flask_caching import Cache
 from kombu.exceptions import OperationalError
 
+from . import backend as result_backend
 from . import defaults
 from .assets import jobtastic_assets
 from .cache import describe_add_atomicity
@@ -274,6 +275,7 @@ class Jobtastic:
 
         celery = self._celery if self._celery is not None else build_celery(app)
         check_celery(celery)
+        result_backend.install(celery)
         embedded = config["JOBTASTIC_EMBEDDED_WORKER"]
         if embedded is None:
             embedded = _is_in_memory(celery)

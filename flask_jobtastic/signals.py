@@ -19,7 +19,8 @@ cache_hit = _signals.signal("cache-hit")
 #: A call joined an identical job already in flight. Arguments: ``task_id``.
 herd_joined = _signals.signal("herd-joined")
 
-#: The broker refused a job. Arguments: ``task_id``, ``error``.
+#: A job could not be queued: the broker, or the result backend it is recorded
+#: in, did not answer. Arguments: ``task_id``, ``error``.
 broker_unavailable = _signals.signal("broker-unavailable")
 
 #: A tracked job's registry record changed state. Sender: the registry.

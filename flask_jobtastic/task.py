@@ -36,6 +36,7 @@ from kombu.utils.json import dumps as json_dumps
 
 from . import cache as cache_ops
 from . import keys, results, signals, states
+from .backend import single_attempt
 from .counts import ItemCounter
 from .errors import BrokerUnavailable, JobStopped, ResultNotSerializable
 from .heartbeat import MIN_TIMEOUT, heartbeat
@@ -418,12 +419,11 @@ class JobtasticTask(Task):
                 "herd_key": herd_key,
                 "name": self.name,
             }
+        unrecorded: Exception | None = None
         try:
             results.record_queued(self.backend, task_id, {}, job=job)
-        except Exception:  # the job can still run; its status will show the outage
-            logger.warning(
-                "Could not record job %s as queued in the result backend", task_id, exc_info=True
-            )
+        except Exception as exc:  # sent now, its owner could never read it: not queued
+            unrecorded = exc
         if tracked:
             if state.registry is None:
                 raise RuntimeError(
@@ -449,19 +449,9 @@ class JobtasticTask(Task):
             headers["jobtastic_herd"] = False
         options.setdefault("retry_policy", state.publish_retry_policy)
         try:
+            if unrecorded is not None:
+                raise unrecorded
             result = Task.apply_async(self, args, kwargs, task_id=task_id, **options)
-        except state.broker_errors as exc:
-            if herd_key:
-                cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
-            logger.error(
-                "Broker unavailable, %s not queued (%s): %s", self.name, on_broker_error, exc
-            )
-            signals.broker_unavailable.send(self, task_id=task_id, error=exc)
-            if on_broker_error == "eager":
-                return self.apply(args, kwargs, task_id=task_id, headers=headers)
-            if on_broker_error == "fail":
-                return self._failed_to_queue(task_id)
-            raise
         except EncodeError as exc:
             if herd_key:
                 cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
@@ -470,12 +460,29 @@ class JobtasticTask(Task):
                 f"as JSON ({exc}); pass strings, numbers, booleans, None, or lists and dicts "
                 "of them"
             )
-            with contextlib.suppress(Exception):  # anyone who joined sees why
-                self.backend.mark_as_failure(task_id, error)
+            with contextlib.suppress(Exception), single_attempt(self.backend):
+                self.backend.mark_as_failure(task_id, error)  # anyone who joined sees why
             raise error from None
-        except Exception:
+        except Exception as exc:
             if herd_key:
                 cache_ops.cache_delete_if_equal(cache, herd_key, task_id)
+            if exc is not unrecorded and not _is_outage(exc, state.broker_errors, self.backend):
+                raise
+            where = "result backend" if exc is unrecorded else "broker"
+            logger.error(
+                "%s unavailable, %s not queued (%s): %s",
+                where.capitalize(),
+                self.name,
+                on_broker_error,
+                exc,
+            )
+            signals.broker_unavailable.send(self, task_id=task_id, error=exc)
+            if on_broker_error == "eager":
+                return self._run_here(args, kwargs, task_id, headers, cache_key, unrecorded)
+            if tracked:  # not "queued" in the job list for days: it never will run
+                state.registry_call("record_state", task_id, "failed")
+            if on_broker_error == "fail":
+                return self._failed_to_queue(task_id)
             raise
         signals.job_sent.send(self, task_id=task_id)
         return result
@@ -518,11 +525,40 @@ class JobtasticTask(Task):
         except Exception:
             logger.warning("Could not mirror job %s onto %s", cached_id, claimed_id, exc_info=True)
 
+    def _run_here(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_id: str,
+        headers: dict[str, Any],
+        cache_key: str | None,
+        unrecorded: Exception | None,
+    ) -> EagerResult:
+        """The broker fallback of ``delay_or_eager``: run the job in this process now.
+
+        With the result store down (``unrecorded``) the result is not stored,
+        and not cached either: a cached id must lead to a readable result.
+        """
+        if unrecorded is None:
+            with single_attempt(self.backend):
+                return self.apply(args, kwargs, task_id=task_id, headers=headers)
+        result = self.apply(args, kwargs, task_id=task_id, headers=headers, ignore_result=True)
+        if cache_key is not None and self.cache_duration >= 0:
+            cache = self._state().cache_backend
+            cache_ops.cache_delete_if_equal(cache, keys.result_key(cache_key), task_id)
+        return result
+
     def _failed_to_queue(self, task_id: str) -> AsyncResult:
-        """A result in FAILURE whose status says the job could not be queued."""
+        """A result in FAILURE whose status says the job could not be queued.
+
+        Stored in one attempt: when the result store is down too, waiting out
+        Celery's retries would hang the request; the failure is then kept in
+        memory only.
+        """
         error = BrokerUnavailable()
         try:
-            self.backend.mark_as_failure(task_id, error)
+            with single_attempt(self.backend):
+                self.backend.mark_as_failure(task_id, error)
         except Exception:
             logger.warning(
                 "Result backend unavailable too; job %s failure kept in memory",
@@ -1166,6 +1202,21 @@ def _retry_wait(task: JobtasticTask, options: dict[str, Any]) -> float:
             return max(eta.timestamp() - time.time(), 0.0)
     delay = task.default_retry_delay
     return float(delay) if isinstance(delay, int | float) else 0.0
+
+
+def _is_outage(
+    exc: BaseException, broker_errors: tuple[type[BaseException], ...], backend: Any
+) -> bool:
+    """Whether a send failed because the broker, or the result store jobs need, is down.
+
+    Celery's own Redis result consumer gives up reconnecting with a RuntimeError
+    caused by a connection error (the extension's backend does not, but a
+    Celery app configured with its own backend class may).
+    """
+    outages = broker_errors + tuple(getattr(backend, "connection_errors", ()) or ())
+    if isinstance(exc, outages):
+        return True
+    return isinstance(exc, RuntimeError) and isinstance(exc.__cause__, outages)
 
 
 def _unsendable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -329,7 +329,10 @@ def jobs_partial() -> Any:
     owner = state.current_owner()
     records = []
     if owner is not None:
-        records = state.registry.for_display(owner, recent_seconds=state.registry.seen_ttl)
+        try:
+            records = state.registry.for_display(owner, recent_seconds=state.registry.seen_ttl)
+        except Exception:  # its store is down: the same retryable 503 as the JSON list
+            return _unavailable()
     return render_template("jobtastic/jobs.html", jobtastic_jobs=records)
 
 

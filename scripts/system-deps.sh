@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the system programs the test suite starts itself: memcached,
-# redis-server, Chromium (for the browser tests), wrk (for the benchmarks) and,
+# redis-server, rabbitmq-server (a node of the suite's own), Chromium (for the browser tests), wrk (for the benchmarks) and,
 # on a Debian system Python, python3-venv (for the Makefile's .venv).
 # Debian/Ubuntu, as root.
 set -euo pipefail
@@ -8,6 +8,8 @@ set -euo pipefail
 need=()
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# Debian puts it in /usr/sbin, outside a user's PATH
+command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)  # the benchmarks' load generator
 # `make` builds its own virtual environment; Debian's Python needs python3-venv for it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, request
@@ -11,18 +12,23 @@ from flask import Flask, request
 from flask_jobtastic import Jobtastic
 
 
-def create_app(**config: Any) -> Flask:
+def create_app(servers: Mapping[str, str] | None = None, **config: Any) -> Flask:
+    """The test app on the servers named by ``JOBTASTIC_TEST_*`` in ``servers``
+    (the environment by default, which is how the worker gets them); the
+    queue is ``JOBTASTIC_TEST_QUEUE``, Celery's default when unset."""
+    env = os.environ if servers is None else servers
     app = Flask("tests")
     app.config.update(
         TESTING=True,
         CELERY={
-            "broker_url": os.environ["JOBTASTIC_TEST_BROKER_URL"],
-            "result_backend": os.environ["JOBTASTIC_TEST_BACKEND_URL"],
+            "broker_url": env["JOBTASTIC_TEST_BROKER_URL"],
+            "result_backend": env["JOBTASTIC_TEST_BACKEND_URL"],
             "broker_connection_retry_on_startup": True,
+            "task_default_queue": env.get("JOBTASTIC_TEST_QUEUE") or "celery",
         },
         JOBTASTIC_CACHE={
             "CACHE_TYPE": "flask_jobtastic.cache.PyMemcacheCache",
-            "CACHE_MEMCACHED_SERVERS": [os.environ["JOBTASTIC_TEST_MEMCACHED"]],
+            "CACHE_MEMCACHED_SERVERS": [env["JOBTASTIC_TEST_MEMCACHED"]],
         },
         JOBTASTIC_PROGRESS_INTERVAL=float(os.environ.get("JOBTASTIC_TEST_INTERVAL", "0.1")),
     )

@@ -1,16 +1,20 @@
-"""Shared fixtures: throwaway Redis and memcached servers, a real Celery worker,
-and the Flask app and client wired to them."""
+"""Shared fixtures: the README's deployment, started for real.
+
+One throwaway redis-server is broker (db 0) and result backend (db 1), with
+the run counters of tests/tasks.py in db 2; memcached holds the cache; the
+worker is ``celery -A tests.worker_app worker`` on the default prefork pool
+with two children. A RabbitMQ node of the suite's own is started the first
+time a test asks for the RabbitMQ broker. tests/rig.py builds the variants
+(``make_rig``, ``make_servers``, ``every_broker``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +22,24 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.servers import MemcachedServer, RedisServer
+from tests.rig import (
+    ARTIFACTS,
+    ROOT,
+    Broker,
+    RigFactory,
+    RigPool,
+    Servers,
+    WorkerProcess,
+    own_servers,
+)
+from tests.servers import MemcachedServer, RabbitMQServer, RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
+__all__ = ["ARTIFACTS", "ROOT", "WorkerProcess"]  # imported from here by other modules
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    """Result backend and run counters."""
+    """The one Redis: broker (db 0), result backend (db 1) and run counters (db 2)."""
     with RedisServer() as server:
         yield server
         # Celery results unsubscribe from the backend when collected: let them
@@ -35,10 +48,9 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
-def broker_server() -> Iterator[RedisServer]:
-    """The broker of the shared worker; fault tests use servers of their own."""
-    with RedisServer() as server:
-        yield server
+def broker_server(redis_server: RedisServer) -> RedisServer:
+    """The shared worker's broker: the same Redis (the quick start's layout)."""
+    return redis_server
 
 
 @pytest.fixture(scope="session")
@@ -47,97 +59,156 @@ def memcached_server() -> Iterator[MemcachedServer]:
         yield server
 
 
+class LazyRabbitMQ:
+    """A RabbitMQ node booted on first use (about 10 s), closed at session end."""
+
+    def __init__(self) -> None:
+        self.server: RabbitMQServer | None = None
+
+    def __call__(self) -> RabbitMQServer:
+        if self.server is None:
+            self.server = RabbitMQServer()
+        self.server.start()  # started again if a test killed it
+        return self.server
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture(scope="session")
+def shared_rabbitmq() -> Iterator[LazyRabbitMQ]:
+    """The RabbitMQ broker of the shared rigs: never kill it (see ``fragile_rabbitmq``)."""
+    node = LazyRabbitMQ()
+    yield node
+    node.close()
+
+
+@pytest.fixture(scope="session")
+def fragile_rabbitmq() -> Iterator[LazyRabbitMQ]:
+    """A second RabbitMQ node, for tests that kill the broker (``make_servers``)."""
+    node = LazyRabbitMQ()
+    yield node
+    node.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server(shared_rabbitmq: LazyRabbitMQ) -> RabbitMQServer:
+    """The shared rigs' RabbitMQ node, booted on first use."""
+    return shared_rabbitmq()
+
+
+@pytest.fixture(scope="session")
+def default_servers(redis_server: RedisServer, memcached_server: MemcachedServer) -> Servers:
+    return Servers(redis_server, memcached_server)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def test_environment(
-    redis_server: RedisServer, broker_server: RedisServer, memcached_server: MemcachedServer
-) -> Iterator[None]:
-    """Point the app factory (and the worker it starts) at the throwaway servers."""
+def test_environment(default_servers: Servers) -> Iterator[None]:
+    """Point the app factory (and the workers it starts) at the default servers."""
     saved = dict(os.environ)
-    os.environ.update(
-        JOBTASTIC_TEST_BROKER_URL=broker_server.url,
-        JOBTASTIC_TEST_BACKEND_URL=redis_server.url,
-        JOBTASTIC_TEST_COUNTER_URL=redis_server.url.rsplit("/", 1)[0] + "/1",
-        JOBTASTIC_TEST_MEMCACHED=memcached_server.address,
-    )
+    os.environ.update(default_servers.env())
     yield
     os.environ.clear()
     os.environ.update(saved)
 
 
-class WorkerProcess:
-    """A real ``celery worker`` process running ``tests.worker_app``."""
-
-    def __init__(self, log_path: Path, concurrency: int = 8) -> None:
-        self.log_path = log_path
-        self.concurrency = concurrency
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.worker_app",
-                "worker",
-                "--pool=threads",
-                f"--concurrency={self.concurrency}",
-                "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-n",
-                f"test-{uuid.uuid4().hex[:6]}@%h",
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"celery worker exited early:\n{self.log_path.read_text()}")
-            if b" ready." in self.log_path.read_bytes():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"celery worker did not get ready:\n{self.log_path.read_text()}")
-
-    def kill(self) -> None:
-        """SIGKILL, as the OOM killer or a lost machine would."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+@pytest.fixture(scope="session")
+def rig_pool(
+    default_servers: Servers, test_environment: None, shared_rabbitmq: LazyRabbitMQ
+) -> Iterator[RigPool]:
+    pool = RigPool(default_servers, shared_rabbitmq)
+    yield pool
+    pool.close()
 
 
 @pytest.fixture(scope="session")
-def celery_worker(test_environment: None) -> Iterator[WorkerProcess]:
-    """One real worker for the session, on the Redis broker and result backend."""
-    worker = WorkerProcess(ARTIFACTS / "worker.log")
-    worker.start()
-    yield worker
-    worker.stop()
+def celery_worker(rig_pool: RigPool) -> WorkerProcess:
+    """The session's worker, as the README starts it: prefork, two children, one Redis."""
+    worker, _ = rig_pool.worker("prefork", "redis", 2)
+    return worker
 
 
 @pytest.fixture
-def app() -> Iterator[Flask]:
+def make_servers(
+    fragile_rabbitmq: LazyRabbitMQ, default_servers: Servers, caplog: pytest.LogCaptureFixture
+) -> Iterator[Callable[..., Servers]]:
+    """``make_servers(broker="redis")``: servers of the test's own, to kill and restart.
+
+    A fresh Redis (broker db 0 and backend db 1, or the backend only with
+    ``broker="separate-redis"``, which adds a broker Redis) and memcached; with
+    ``broker="rabbitmq"``, the session's fragile RabbitMQ node, restarted if a
+    previous test left it down. Run counters stay on the session's Redis.
+    """
+    with contextlib.ExitStack() as exits:
+
+        def make(broker: Broker = "redis") -> Servers:
+            context = own_servers(broker, fragile_rabbitmq, default_servers.counter_url)
+            return exits.enter_context(context)
+
+        yield make
+        # A captured record of a logged outage holds the exception, whose traceback
+        # keeps the sending frames and the AsyncResults in them alive. Collected only
+        # after the servers stopped, those results would unsubscribe from a Redis
+        # already gone (20 s of retries, then an unraisable error): free them now.
+        caplog.get_records("call").clear()
+        gc.collect()
+
+
+@pytest.fixture
+def make_rig(
+    rig_pool: RigPool, make_servers: Callable[..., Servers], tmp_path: Path
+) -> Iterator[RigFactory]:
+    """``make_rig(pool="prefork", broker="redis", fresh=False, servers=None, **config)``.
+
+    See tests/rig.py. Apps it made are closed after the test, and workers of
+    the test's own (``fresh=True`` or ``servers=``) are killed.
+    """
+    factory = RigFactory(rig_pool, tmp_path)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def broker_name() -> Broker:
+    """The broker of the ``app`` fixture; ``tests.rig.every_broker`` runs a test on each."""
+    return "redis"
+
+
+@pytest.fixture
+def app(broker_name: Broker, make_rig: RigFactory) -> Iterator[Flask]:
+    """An app on the default servers; on the RabbitMQ broker (and its worker) when asked."""
     from tests.app_factory import close_app, create_app
 
+    if broker_name != "redis":
+        yield make_rig("prefork", broker_name).app
+        return
     app = create_app()
     yield app
     close_app(app)
+
+
+@pytest.fixture
+def make_app(broker_name: Broker, make_rig: RigFactory) -> Iterator[Callable[..., Flask]]:
+    """``make_app(**config)``: more apps like ``app`` (same broker), closed after the test.
+
+    Build an app before sending through it: the class-level ``delay`` calls
+    go through the app bound last.
+    """
+    from tests.app_factory import close_app, create_app
+
+    made: list[Flask] = []
+
+    def make(**config: object) -> Flask:
+        if broker_name != "redis":
+            return make_rig("prefork", broker_name).make_app(**config)
+        app = create_app(**config)
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        close_app(app)
 
 
 @pytest.fixture

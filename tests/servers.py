@@ -1,4 +1,4 @@
-"""Throwaway redis and memcached servers on free loopback ports.
+"""Throwaway redis, memcached and RabbitMQ servers on free loopback ports.
 
 Tests (and benchmarks) need real servers they can crash and bring back on the
 same port, so fault handling is exercised against the real thing, not mocks.
@@ -108,6 +108,11 @@ class ServerProcess:
 
     binary: ClassVar[str]
     apt_package: ClassVar[str]
+    #: How long ``start`` waits for the server to accept connections.
+    start_timeout: ClassVar[float] = START_TIMEOUT
+    #: The server runs helpers of its own (a wrapper script, port programs): it
+    #: gets a session of its own, and a kill reaches the whole process group.
+    own_session: ClassVar[bool] = False
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.host = host
@@ -119,6 +124,10 @@ class ServerProcess:
     def command(self, executable: str) -> list[str]:
         """The argv that runs the server in the foreground on ``self.port``."""
         raise NotImplementedError
+
+    def environment(self) -> dict[str, str] | None:
+        """The server's environment; None inherits ours."""
+        return None
 
     @property
     def workdir(self) -> Path:
@@ -146,13 +155,15 @@ class ServerProcess:
         self._process = subprocess.Popen(
             self.command(executable),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=self._stderr if self.own_session else subprocess.DEVNULL,
             stderr=self._stderr,
             cwd=self.workdir,
+            env=self.environment(),
+            start_new_session=self.own_session,
         )
         with _live_lock:
             _live.add(self)
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 break
@@ -164,7 +175,7 @@ class ServerProcess:
         self.kill()
         state = f"exited with code {exit_code}" if exit_code is not None else "never listened"
         raise RuntimeError(
-            f"{self.binary} on {self.host}:{self.port} {state} within {START_TIMEOUT:.0f} s; "
+            f"{self.binary} on {self.host}:{self.port} {state} within {self.start_timeout:.0f} s; "
             f"stderr: {output or '(empty)'}"
         )
 
@@ -181,16 +192,32 @@ class ServerProcess:
         self.stop()
         self.start()
 
+    def close(self) -> None:
+        """Stop for good, dropping whatever the server kept between restarts."""
+        self.stop()
+
+    def _signal(self, process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        """SIGKILL reaches the whole group of an ``own_session`` server; other
+        signals go to its main process, which shuts its helpers down itself."""
+        with contextlib.suppress(ProcessLookupError):
+            if self.own_session and sig == signal.SIGKILL:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+
     def _end(self, sig: signal.Signals) -> None:
         process = self._process
         if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(sig)
+            self._signal(process, sig)
             try:
                 process.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                process.kill()
+                self._signal(process, signal.SIGKILL)
                 process.wait(timeout=STOP_TIMEOUT)
+        if process is not None and self.own_session:
+            # helpers outliving their main process (a crash leaves them) go too
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
         self._reap()
         deadline = time.monotonic() + STOP_TIMEOUT
         while not _port_is_free(self.host, self.port):
@@ -228,7 +255,7 @@ class ServerProcess:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.host}:{self.port} running={self.running}>"
@@ -285,6 +312,142 @@ class MemcachedServer(ServerProcess):
         return self
 
 
+#: Debian's ``rabbitmq-server`` on the PATH is a wrapper that switches to the
+#: ``rabbitmq`` user and its system node; the script it wraps runs any node.
+RABBITMQ_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
+
+
+class RabbitMQServer(ServerProcess):
+    """A RabbitMQ node of its own: name, ports, cookie, data and logs in temp dirs.
+
+    Nothing is read from /etc/rabbitmq and no plugin is enabled, so it never
+    meets the machine's own node. It registers with an epmd of its own on a
+    free port, started and stopped with it. Unlike Redis here, its data (durable
+    queues, persistent messages) survives ``kill`` and ``restart``, as a real
+    broker's does; ``close`` (or leaving the ``with`` block) drops it. Booting
+    takes about 10 s on a small machine, so share a node where you can.
+    """
+
+    binary = "rabbitmq-server"
+    apt_package = "rabbitmq-server"
+    start_timeout = 90.0
+    own_session = True
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__(port, host)
+        self.dist_port = self._another_port()
+        self.epmd_port = self._another_port()
+        self.nodename = f"jobtastic-{self.port}@localhost"
+        self._data: Path | None = None
+        self._epmd: subprocess.Popen[bytes] | None = None
+
+    def _another_port(self) -> int:
+        taken = {self.port, getattr(self, "dist_port", None)}
+        while (port := free_port(self.host)) in taken:
+            pass
+        return port
+
+    @property
+    def url(self) -> str:
+        """The broker URL Celery takes (the default ``guest`` user, loopback only)."""
+        return f"amqp://guest:guest@{self.host}:{self.port}//"
+
+    @property
+    def data_dir(self) -> Path:
+        """Home (with the Erlang cookie) and Mnesia database, kept across restarts."""
+        if self._data is None:
+            self._data = Path(tempfile.mkdtemp(prefix=f"rabbitmq-data-{self.port}-"))
+        return self._data
+
+    def command(self, executable: str) -> list[str]:
+        script = next((path for path in RABBITMQ_SCRIPTS if os.access(path, os.X_OK)), None)
+        return [script or executable]
+
+    def environment(self) -> dict[str, str]:
+        config = self.workdir / "rabbitmq.conf"
+        config.write_text("log.console = true\nlog.console.level = warning\n")
+        plugins = self.workdir / "enabled_plugins"
+        plugins.write_text("[].\n")
+        env_file = self.workdir / "rabbitmq-env.conf"
+        env_file.write_text("")
+        interface = "{" + ",".join(self.host.split(".")) + "}"
+        # the developer's own RABBITMQ_*/ERL_* settings must not leak in
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("RABBITMQ_", "ERL_"))
+        }
+        env.update(
+            HOME=str(self.data_dir),
+            ERL_EPMD_ADDRESS=self.host,
+            ERL_EPMD_PORT=str(self.epmd_port),
+            RABBITMQ_NODENAME=self.nodename,
+            RABBITMQ_NODE_IP_ADDRESS=self.host,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_CONF_ENV_FILE=str(env_file),
+            RABBITMQ_CONFIG_FILE=str(config),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(plugins),
+            RABBITMQ_MNESIA_BASE=str(self.data_dir / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.workdir / "log"),
+            RABBITMQ_LOGS="-",
+            RABBITMQ_PID_FILE=str(self.workdir / "rabbitmq.pid"),
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=f"-kernel inet_dist_use_interface {interface}",
+        )
+        return env
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._start_epmd()
+        try:
+            super().start()
+        except BaseException:
+            self._stop_epmd()
+            raise
+
+    def _start_epmd(self) -> None:
+        """The node's own port mapper; erl would otherwise daemonize one that outlives it."""
+        if self._epmd is not None and self._epmd.poll() is None:
+            return
+        epmd = ensure_binary("epmd", "erlang-base")
+        self._epmd = subprocess.Popen(
+            [epmd, "-port", str(self.epmd_port), "-address", self.host],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _port_accepts(self.host, self.epmd_port):
+            if self._epmd.poll() is not None or time.monotonic() > deadline:
+                self._stop_epmd()
+                raise RuntimeError(f"epmd did not listen on {self.host}:{self.epmd_port}")
+            time.sleep(0.02)
+
+    def _stop_epmd(self) -> None:
+        if self._epmd is not None:
+            if self._epmd.poll() is None:
+                self._epmd.kill()
+            self._epmd.wait()
+            self._epmd = None
+
+    def _end(self, sig: signal.Signals) -> None:
+        try:
+            super()._end(sig)
+        finally:
+            self._stop_epmd()
+
+    def close(self) -> None:
+        self.stop()
+        if self._data is not None:
+            shutil.rmtree(self._data, ignore_errors=True)
+            self._data = None
+
+    def __enter__(self) -> RabbitMQServer:
+        self.start()
+        return self
+
+
 @atexit.register
 def _kill_leftovers() -> None:
     """Never leave servers behind when a session ends without teardown."""
@@ -293,3 +456,4 @@ def _kill_leftovers() -> None:
     for server in leftovers:
         with contextlib.suppress(Exception):
             server.kill()
+            server.close()

@@ -6,6 +6,7 @@ computations across processes.
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from datetime import UTC, date, datetime
@@ -19,7 +20,7 @@ import redis
 
 from flask_jobtastic import JobFailed, JobtasticTask
 
-_leak: list[bytes] = []
+_leak: list[mmap.mmap] = []
 
 
 def _redis() -> redis.Redis:
@@ -134,8 +135,14 @@ class LeakyTask(JobtasticTask):
 
     def calculate_result(self, token: str, megabytes: int = 0) -> int:
         if megabytes:
-            chunk = bytearray(os.urandom(1024)) * (megabytes * 1000)
-            _leak.append(bytes(chunk))
+            # Fresh pages of its own: memory freed earlier in the process (a long
+            # test session frees plenty) could otherwise serve a heap allocation
+            # without the resident size growing at all.
+            size = megabytes * 1_000_000
+            block = mmap.mmap(-1, size)
+            for offset in range(0, size, mmap.PAGESIZE):
+                block[offset] = 1  # touch every page, so it becomes resident
+            _leak.append(block)
         return megabytes
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import multiprocessing
 import os
@@ -16,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,6 @@ from flask import Flask
 from flask_caching import Cache
 from flask_caching.backends.simplecache import SimpleCache
 from pymemcache.client.base import Client
-from pymemcache.serde import pickle_serde
 
 from flask_jobtastic.cache import (
     AddAtomicity,
@@ -39,6 +40,7 @@ from flask_jobtastic.cache import (
     describe_add_atomicity,
     refresh_herd_key,
 )
+from flask_jobtastic.cache_serde import FLAG_JSON
 from tests.servers import MemcachedServer, RedisServer, free_port
 
 BACKEND = "flask_jobtastic.cache.PyMemcacheCache"
@@ -113,13 +115,20 @@ def wait_for(predicate: Callable[[], bool], timeout: float) -> float:
 
 
 class Point:
-    """A user class, to show arbitrary picklable values round-trip."""
+    """A user class: JSON cannot carry it."""
 
     def __init__(self, x: int, y: int) -> None:
         self.x, self.y = x, y
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+class Planted:
+    """What an attacker with access to memcached stores: unpickling it runs ``os.mkdir``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (str(self.path),))
 
 
 # -- basic behaviour through flask-caching -------------------------------------
@@ -127,15 +136,15 @@ class Point:
 
 def test_values_round_trip_through_flask_cache(cache: Cache) -> None:
     values = {
-        "dict": {"a": [1, 2], "b": None},
-        "text": "grüße",
+        "dict": {"a": [1, 2], "b": None, "nested": {"c": [True, False, 0.25]}},
+        "text": 'grüße \u2603 "quoted"',
+        "empty": "",
         "int": 42,
         "negative": -7,
+        "big": 2**70,
         "float": 3.5,
-        "bytes": b"\x00\xffraw",
-        "tuple": (1, "two"),
-        "object": Point(1, 2),
-        "when": dt.datetime(2024, 1, 2, 3, 4, 5),
+        "true": True,
+        "list": [1, "two", None],
     }
     for key, value in values.items():
         assert cache.set(key, value) is True
@@ -155,7 +164,7 @@ def test_values_round_trip_through_flask_cache(cache: Cache) -> None:
     assert cache.get("fresh") is None
     assert cache.has("fresh") is False
 
-    assert cache.get_many("int", "missing", "text", "int") == [42, None, "grüße", 42]
+    assert cache.get_many("int", "missing", "text", "int") == [42, None, values["text"], 42]
     assert cache.get_dict("int", "missing") == {"int": 42, "missing": None}
     assert sorted(cache.set_many({"m1": 1, "m2": [2]})) == ["m1", "m2"]
     assert cache.get_many("m1", "m2") == [1, [2]]
@@ -190,17 +199,92 @@ def test_memoize_uses_the_backend(cache: Cache) -> None:
     assert calls == [3, 4]
 
 
-def test_unpicklable_value_is_the_callers_error(cache: Cache) -> None:
-    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
-        cache.set("lock", threading.Lock())
+def test_values_are_stored_as_json(cache: Cache, memcached: MemcachedServer) -> None:
+    backend = backend_of(cache)
+    cache.set("doc", {"ids": ["a", "b"], "n": 2})
+    raw = Client((memcached.host, memcached.port))  # no serde: the bytes memcached holds
+    try:
+        stored = raw.get(backend.memcached_key("doc"))
+    finally:
+        raw.close()
+    assert json.loads(stored) == {"ids": ["a", "b"], "n": 2}
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        (b"raw", "bytes"),
+        ((1, "two"), "tuple"),
+        (dt.datetime(2024, 1, 2, 3, 4, 5), "datetime"),
+        (Point(1, 2), "Point"),
+        ({1, 2}, "set"),
+        (threading.Lock(), "lock"),
+        ({"ok": [1, {"deep": Decimal("1.5")}]}, "Decimal"),
+        ({1: "one"}, "int key 1"),
+    ],
+    ids=["bytes", "tuple", "datetime", "object", "set", "lock", "nested", "int-key"],
+)
+def test_value_json_cannot_carry_is_the_callers_error(
+    cache: Cache, value: Any, named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = backend_of(cache)
+    for store in (
+        lambda: cache.set("bad", value),
+        lambda: cache.add("bad", value),
+        lambda: backend.set_many({"fine": 1, "bad": value}),
+    ):
+        with pytest.raises(TypeError, match="JSON") as raised:
+            store()
+        assert named in str(raised.value)
+        if named == "Decimal":  # where in the value it sits
+            assert "['ok'][1]['deep']" in str(raised.value)
+    assert cache.get("bad") is None and cache.get("fine") is None  # nothing half-stored
+    assert warnings_from(caplog) == []  # a caller's bug, not memcached trouble
     assert cache.set("after", 1) is True
     assert cache.get("after") == 1
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, float("-inf")]])
+def test_nan_and_infinity_are_refused(cache: Cache, value: Any) -> None:
+    with pytest.raises(ValueError, match="JSON"):
+        cache.set("number", value)
+    assert cache.get("number") is None
+
+
+@pytest.mark.parametrize(
+    "flags", [1, FLAG_JSON, 16], ids=["pickle-flag", "json-flag", "old-text-flag"]
+)
+def test_planted_pickle_is_never_unpickled(
+    cache: Cache,
+    memcached: MemcachedServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    flags: int,
+) -> None:
+    backend = backend_of(cache)
+    marker = tmp_path / "code-ran"
+    planted = pickle.dumps(Planted(marker))
+    key = backend.memcached_key("result-id")
+    attacker = Client((memcached.host, memcached.port))  # anyone on the network
+    try:
+        assert attacker.set(key, planted, flags=flags, noreply=False)
+    finally:
+        attacker.close()
+
+    assert cache.get("result-id") is None  # a miss, as if nothing were cached
+    assert cache.get_many("result-id") == [None]
+    assert backend.inc("result-id") is None  # not a counter either
+    assert not marker.exists()
+    messages = warnings_from(caplog)
+    assert len(messages) == 1 and "result-id" in messages[0] and "miss" in messages[0]
+    assert cache.set("result-id", "mine") is True  # our next write replaces it
+    assert cache.get("result-id") == "mine"
 
 
 def test_value_too_large_is_refused_not_an_outage(
     cache: Cache, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert cache.set("big", b"x" * (2 * 1024 * 1024)) is False
+    assert cache.set("big", "x" * (2 * 1024 * 1024)) is False
     assert cache.get("big") is None
     messages = warnings_from(caplog)
     assert len(messages) == 1 and "refused set" in messages[0]
@@ -339,7 +423,7 @@ def test_awkward_keys_work_and_do_not_collide(cache: Cache) -> None:
 
 
 def _keys_held_by(server: MemcachedServer, stored_keys: list[str]) -> set[str]:
-    client = Client((server.host, server.port), serde=pickle_serde)
+    client = Client((server.host, server.port))
     try:
         return set(client.get_many(stored_keys))
     finally:

@@ -1,7 +1,8 @@
 """Fault injection with real processes: what the user sees, and that nothing is lost.
 
 Every test that kills something kills servers and workers of its own (the
-``stack`` fixture), never the session's shared ones. The load test only
+``stack`` fixture, on the README's prefork worker), never the session's shared
+ones; a test about the broker runs with RabbitMQ too. The load test only
 stresses the shared servers and worker through a real gunicorn.
 """
 
@@ -17,10 +18,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
-from unittest import mock
 
 import pytest
 from flask import Flask
@@ -29,8 +28,8 @@ from flask.testing import FlaskClient
 from flask_jobtastic import keys
 from flask_jobtastic.cache import cache_get
 from tests.app_factory import close_app, create_app
-from tests.conftest import ROOT, WorkerProcess
-from tests.servers import MemcachedServer, RedisServer, free_port
+from tests.rig import BROKERS, ROOT, RigPool, Servers, WorkerProcess
+from tests.servers import free_port
 from tests.tasks import CachedProgressTask, CountedTask, ShortHerdTask, runs
 
 T = TypeVar("T")
@@ -94,59 +93,34 @@ def wait_until_cached(app: Flask, task_cls: type, task_id: str, **kwargs: Any) -
     )
 
 
-class EnvWorker(WorkerProcess):
-    """conftest's real ``celery worker``, pointed at servers of its own through ``env``."""
-
-    def __init__(self, log_path: Path, env: dict[str, str], concurrency: int = 4) -> None:
-        super().__init__(log_path, concurrency=concurrency)
-        self.env = env
-
-    def start(self) -> None:
-        # tests.worker_app reads its servers from the environment it is started with
-        with mock.patch.dict(os.environ, self.env):
-            super().start()
-
-
 class Stack:
-    """Broker, result backend and memcached of one test, with its workers and apps."""
+    """Servers of one test (to kill and restart), with its workers and apps.
 
-    def __init__(self, exits: ExitStack, log_dir: Path) -> None:
-        self.broker = exits.enter_context(RedisServer())
-        self.backend = exits.enter_context(RedisServer())
-        self.memcached = exits.enter_context(MemcachedServer())
+    By default the quick start's layout: one Redis as broker and result
+    backend. Parametrize ``stack`` (indirectly) with ``"rabbitmq"`` or
+    ``"separate-redis"`` for a broker apart from the backend.
+    """
+
+    def __init__(self, servers: Servers, log_dir: Path) -> None:
+        self.servers = servers
+        self.broker = servers.broker
+        self.backend = servers.redis
+        self.memcached = servers.memcached
+        # a queue of its own: the RabbitMQ node outlives the test
+        self.env = servers.env(f"faults-{uuid.uuid4().hex[:8]}")
         self.log_dir = log_dir
-        self.workers: list[EnvWorker] = []
+        self.workers: list[WorkerProcess] = []
         self.apps: list[Flask] = []
 
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            "JOBTASTIC_TEST_BROKER_URL": self.broker.url,
-            "JOBTASTIC_TEST_BACKEND_URL": self.backend.url,
-            # run counters stay on the session's Redis, which nobody kills
-            "JOBTASTIC_TEST_COUNTER_URL": os.environ["JOBTASTIC_TEST_COUNTER_URL"],
-            "JOBTASTIC_TEST_MEMCACHED": self.memcached.address,
-        }
-
-    def start_worker(self) -> EnvWorker:
-        worker = EnvWorker(self.log_dir / f"worker-{len(self.workers)}.log", self.env)
+    def start_worker(self) -> WorkerProcess:
+        """The README's worker (prefork, two children) on this stack's servers."""
+        worker = WorkerProcess(self.log_dir / f"worker-{len(self.workers)}.log", env=self.env)
         self.workers.append(worker)
         worker.start()
         return worker
 
     def app(self, **config: Any) -> Flask:
-        app = create_app(
-            CELERY={
-                "broker_url": self.broker.url,
-                "result_backend": self.backend.url,
-                "broker_connection_retry_on_startup": True,
-            },
-            JOBTASTIC_CACHE={
-                "CACHE_TYPE": "flask_jobtastic.cache.PyMemcacheCache",
-                "CACHE_MEMCACHED_SERVERS": [self.memcached.address],
-            },
-            **config,
-        )
+        app = create_app(servers=self.env, **config)
         self.apps.append(app)
         return app
 
@@ -158,21 +132,26 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Stack]:
-    with ExitStack() as exits:  # unwinds last in, first out
-        stack = Stack(exits, tmp_path)
-        exits.callback(stack.close)  # apps and workers before their servers
-        # A captured record of a logged outage holds the exception, whose traceback
-        # keeps the sending frames and the AsyncResults in them alive. Dropped only
-        # after teardown, those results would unsubscribe from a Redis already gone
-        # (20 s of retries, then an unraisable error): free them while it still runs.
-        exits.callback(lambda: caplog.get_records("call").clear())
-        yield stack
+def stack(
+    request: pytest.FixtureRequest, make_servers: Callable[..., Servers], tmp_path: Path
+) -> Iterator[Stack]:
+    stack = Stack(make_servers(getattr(request, "param", "redis")), tmp_path)
+    yield stack
+    stack.close()  # apps and workers before their servers (make_servers' teardown)
+
+
+#: A broker that can die while the result backend lives.
+apart_from_the_backend = pytest.mark.parametrize(
+    "stack", ["rabbitmq", "separate-redis"], indirect=True
+)
+#: The quick start's one Redis, and a RabbitMQ broker.
+on_every_broker = pytest.mark.parametrize("stack", ["redis", "rabbitmq"], indirect=True)
 
 
 # -- 1. the broker dies and comes back -------------------------------------------
 
 
+@apart_from_the_backend
 def test_broker_killed_then_restarted(stack: Stack, token: str) -> None:
     stack.start_worker()
     app = stack.app()
@@ -249,6 +228,7 @@ def test_memcached_killed_mid_job_then_restarted(stack: Stack, token: str) -> No
 # -- 3. the result backend dies and comes back ----------------------------------------
 
 
+@apart_from_the_backend
 def test_result_backend_killed_answers_503_then_recovers(stack: Stack, token: str) -> None:
     stack.start_worker()
     app = stack.app()
@@ -305,6 +285,7 @@ def start_and_kill_mid_job(stack: Stack, app: Flask, token: str) -> tuple[str, f
     return result_id, time.monotonic()
 
 
+@on_every_broker
 def test_killed_worker_job_reads_as_worker_lost(stack: Stack, token: str) -> None:
     app = stack.app(owner_header="X-User")
     client = app.test_client()
@@ -335,6 +316,7 @@ def test_killed_worker_job_reads_as_worker_lost(stack: Stack, token: str) -> Non
     assert '"type":"WorkerLost"' in stream
 
 
+@on_every_broker
 def test_killed_worker_frees_the_herd_key_and_the_retry_computes_once(
     stack: Stack, token: str
 ) -> None:
@@ -366,11 +348,17 @@ def test_killed_worker_frees_the_herd_key_and_the_retry_computes_once(
 # -- 5. a thousand identical requests through a real web server ----------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=BROKERS)
 def web_server(
-    celery_worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, rig_pool: RigPool, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[int]:
-    """gunicorn serving tests.web_app on the session's servers; yields its port."""
+    """gunicorn serving tests.web_app on the session's servers and worker; yields its port.
+
+    Once on the one Redis, once with the RabbitMQ broker.
+    """
+    worker, queue = rig_pool.worker("prefork", request.param, 2)
+    assert worker.alive
+    env = {**os.environ, **rig_pool.shared_servers(request.param).env(queue)}
     port = free_port()
     log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
     with log_path.open("wb") as log:
@@ -387,6 +375,7 @@ def web_server(
                 "tests.web_app:app",
             ],
             cwd=ROOT,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -396,7 +385,7 @@ def web_server(
         def answers() -> bool:
             assert process.poll() is None, log_path.read_text()
             try:
-                return request(port, "GET", f"/jobtastic/status/{uuid.uuid4()}")[0] == 404
+                return http_request(port, "GET", f"/jobtastic/status/{uuid.uuid4()}")[0] == 404
             except OSError:
                 return False
 
@@ -411,7 +400,7 @@ def web_server(
             process.wait(5)
 
 
-def request(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def http_request(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     """One HTTP request over loopback, straight to the server (no proxy)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -430,7 +419,9 @@ def test_thousand_concurrent_identical_requests_compute_once(web_server: int, to
     body = {"token": token, "value": 7, "seconds": 5}
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=100) as pool:
-        answers = list(pool.map(lambda _: request(web_server, "POST", "/start", body), range(1000)))
+        answers = list(
+            pool.map(lambda _: http_request(web_server, "POST", "/start", body), range(1000))
+        )
     elapsed = time.monotonic() - started
     assert [code for code, _ in answers] == [200] * 1000
     ids = {reply["task_id"] for _, reply in answers}
@@ -441,7 +432,7 @@ def test_thousand_concurrent_identical_requests_compute_once(web_server: int, to
     (task_id,) = ids
 
     def finished() -> dict | None:
-        code, document = request(web_server, "GET", f"/jobtastic/status/{task_id}")
+        code, document = http_request(web_server, "GET", f"/jobtastic/status/{task_id}")
         assert code == 200, document
         return document if document["ready"] else None
 
@@ -460,7 +451,7 @@ def test_identical_requests_arriving_as_the_job_finishes_share_one_run(
     def keep_asking(_: int) -> list[tuple[int, Any]]:
         answers = []
         while time.monotonic() < stop:
-            answers.append(request(web_server, "POST", "/start", {"token": token, "value": 8}))
+            answers.append(http_request(web_server, "POST", "/start", {"token": token, "value": 8}))
         return answers
 
     with ThreadPoolExecutor(max_workers=32) as pool:
@@ -470,7 +461,7 @@ def test_identical_requests_arriving_as_the_job_finishes_share_one_run(
 
     def all_finished() -> bool:
         return all(
-            request(web_server, "GET", f"/jobtastic/status/{task_id}")[1]["ready"]
+            http_request(web_server, "GET", f"/jobtastic/status/{task_id}")[1]["ready"]
             for task_id in ids
         )
 
@@ -480,6 +471,8 @@ def test_identical_requests_arriving_as_the_job_finishes_share_one_run(
     )
     # A caller that claimed the key in the instant the run released it gets the
     # cached result under its own id: every id a user got shows the same result.
-    documents = [request(web_server, "GET", f"/jobtastic/status/{task_id}")[1] for task_id in ids]
+    documents = [
+        http_request(web_server, "GET", f"/jobtastic/status/{task_id}")[1] for task_id in ids
+    ]
     assert {d["state"] for d in documents} == {"SUCCESS"}
     assert len({json.dumps(d["result"], sort_keys=True) for d in documents}) == 1

@@ -1,4 +1,5 @@
-"""Owner-scoped endpoints and cancel, over the real worker and Redis."""
+"""Owner-scoped endpoints and cancel, over the real worker and Redis; the
+herd tests again with a RabbitMQ broker."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from flask import Flask
 
 from tests.app_factory import close_app, create_app
+from tests.rig import every_broker
 from tests.tasks import CountedTask, SlowProgressTask
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
@@ -18,10 +20,9 @@ POST = {"X-Requested-With": "test"}
 
 
 @pytest.fixture
-def owned_app():
-    app = create_app(owner_header="X-User")
-    yield app
-    close_app(app)
+def owned_app(make_app):
+    """An app whose current user is the ``X-User`` header (on ``broker_name``'s broker)."""
+    return make_app(owner_header="X-User")
 
 
 def send_as(app: Flask, headers: dict, task_cls, **kwargs):
@@ -65,6 +66,7 @@ def test_without_an_owner_loader_ids_alone_read_jobs(app, client, token):
     assert client.get(f"/jobtastic/status/{result.id}").status_code == 200
 
 
+@every_broker
 def test_identical_calls_of_two_owners_are_two_jobs_each_readable_by_its_owner(owned_app, token):
     client = owned_app.test_client()
     alices = send_as(owned_app, ALICE, CountedTask, token=token, value=1, seconds=0.2)
@@ -80,6 +82,7 @@ def test_identical_calls_of_two_owners_are_two_jobs_each_readable_by_its_owner(o
     assert send_as(owned_app, BOB, CountedTask, token=token, value=1).id == bobs.id
 
 
+@every_broker
 def test_jobs_shared_across_owners_run_once_and_are_readable_by_both(owned_app, token):
     from tests.tasks import SharedReportTask, runs
 

@@ -1,4 +1,5 @@
-"""JobtasticTask end to end: a real worker, Redis broker and backend, memcached."""
+"""JobtasticTask end to end: a real prefork worker, one Redis as broker and backend,
+memcached; the herd and retry tests again with a RabbitMQ broker."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from celery.signals import before_task_publish
 
 from tests import tasks
 from tests.polling import poll
+from tests.rig import every_broker
 from tests.tasks import (
     AppContextTask,
     CountedTask,
@@ -59,6 +61,7 @@ def wait_state(result, state, timeout=10.0):
     raise AssertionError(f"{result.id} never reached {state}, last {result.state}")
 
 
+@every_broker
 def test_cache_hit_returns_same_id_sends_nothing_and_does_not_recompute(app, token, published):
     with app.app_context():
         first = CountedTask.delay_or_fail(token=token, value=1, seconds=0.1)
@@ -72,6 +75,7 @@ def test_cache_hit_returns_same_id_sends_nothing_and_does_not_recompute(app, tok
     assert tasks.runs(token) == 1
 
 
+@every_broker
 def test_fifty_concurrent_identical_calls_compute_once(app, token, published):
     ids: list[str] = []
     barrier = threading.Barrier(50)
@@ -117,6 +121,7 @@ def test_positional_arguments_are_bound_to_their_names(app, token):
     assert tasks.runs(token) == 1
 
 
+@every_broker
 def test_apply_async_on_the_class_goes_through_dedup(app, token):
     with app.app_context():
         one = CountedTask.apply_async(kwargs={"token": token, "value": 9, "seconds": 0.5})
@@ -127,6 +132,7 @@ def test_apply_async_on_the_class_goes_through_dedup(app, token):
     assert tasks.runs(token) == 1
 
 
+@every_broker
 def test_herd_avoidance_can_be_skipped_for_one_call(app, token):
     with app.app_context():
         first = CountedTask.apply_async(kwargs={"token": token, "value": 1, "seconds": 0.5})
@@ -138,6 +144,7 @@ def test_herd_avoidance_can_be_skipped_for_one_call(app, token):
     assert tasks.runs(token) == 2
 
 
+@every_broker
 def test_herd_key_cleared_after_failure_and_failures_are_not_cached(app, token):
     with app.app_context():
         first = FailingTask.delay_or_fail(token=token)
@@ -151,6 +158,7 @@ def test_herd_key_cleared_after_failure_and_failures_are_not_cached(app, token):
     assert tasks.runs(token) == 2
 
 
+@every_broker
 def test_herd_key_cleared_after_revoke(app, token):
     with app.app_context():
         queued = SlowProgressTask.apply_async(
@@ -167,6 +175,7 @@ def test_herd_key_cleared_after_revoke(app, token):
     assert tasks.runs(token) == 1
 
 
+@every_broker
 def test_retry_really_runs_again(app, token):
     with app.app_context():
         result = RetryingTask.delay_or_fail(token=token)

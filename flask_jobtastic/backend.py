@@ -1,0 +1,172 @@
+"""Celery's Redis result backend, made safe to call from a web request.
+
+Celery subscribes every job it sends to its result channel (so that
+``AsyncResult.get()`` cannot miss a fast result), before it publishes the
+message. With the result Redis down, that subscription retries for about 20 s
+and then raises ``RuntimeError``: a request that only wanted to queue a job
+hangs, then fails. The subscription is an optimisation (``get()`` subscribes
+again itself), so here it is one attempt that never fails the send, and the
+unsubscribe a collected result does on its way out is the same. A waiter in
+``get()`` keeps Celery's patient reconnects.
+
+:func:`single_attempt` gives the web side's own backend writes (the failure of
+a job that could not be queued, an eager run's result) the same bound: one
+attempt instead of Celery's 20 retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from celery._state import task_join_will_block
+from celery.backends.redis import RedisBackend, ResultConsumer
+
+logger = logging.getLogger("flask_jobtastic")
+
+#: Result backend URL schemes served by :class:`JobtasticRedisBackend`.
+REDIS_SCHEMES = ("redis://", "rediss://")
+
+#: Minimum seconds between two warnings about a failed subscription.
+_WARN_INTERVAL = 10.0
+
+
+class _Flag(threading.local):
+    on = False
+
+
+@contextlib.contextmanager
+def _raised(flag: _Flag) -> Iterator[None]:
+    previous = flag.on
+    flag.on = True
+    try:
+        yield
+    finally:
+        flag.on = previous
+
+
+class SendSafeResultConsumer(ResultConsumer):
+    """Celery's Redis result consumer whose send-time calls cannot block or raise."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Set while a subscription is made for a sender (or dropped by a
+        #: collected result): one reconnect attempt, not Celery's retry loop.
+        self._hurried = _Flag()
+        self._warned_at = 0.0
+
+    def _reconnect(self) -> None:
+        if self._hurried.on:
+            self._reconnect_pubsub()
+        else:
+            super()._reconnect()
+
+    def start(self, initial_task_id: str, **kwargs: Any) -> None:
+        """Open the subscription; after a lost one, subscribe every key still wanted."""
+        with self._locked():
+            if not self.subscribed_to:
+                super().start(initial_task_id, **kwargs)
+                return
+            key = self._get_key_for_task(initial_task_id)
+            self._pending_unsubscribe.discard(key)
+            self.subscribed_to.add(key)
+            with self.reconnect_on_error():
+                self._reconnect_pubsub()
+
+    def subscribe_for_sender(self, task_id: str) -> None:
+        """Subscribe to a job about to be sent; an outage is logged, not raised."""
+        with _raised(self._hurried):
+            try:
+                self.consume_from(task_id)
+            except Exception as exc:
+                self._drop_subscription(exc, self._get_key_for_task(task_id))
+
+    def cancel_for(self, task_id: str) -> None:
+        """Unsubscribe (a result was collected); an outage is logged, not raised."""
+        with _raised(self._hurried):
+            try:
+                super().cancel_for(task_id)
+            except Exception as exc:
+                self._drop_subscription(exc, None)
+
+    def _drop_subscription(self, exc: BaseException, key: Any) -> None:
+        """Forget a connection that failed; the next subscription opens a new one.
+
+        A key that could not be subscribed is forgotten too, so a later
+        ``get()`` subscribes it for real instead of believing it is.
+        """
+        if key is not None:
+            self.subscribed_to.discard(key)
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                pubsub.close()
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_INTERVAL:
+            self._warned_at = now
+            cause = exc.__cause__ or exc
+            logger.warning(
+                "Result backend unreachable for the result subscription (%s: %s); "
+                "jobs are still sent, their status is read when it is back",
+                type(cause).__name__,
+                cause,
+            )
+
+
+class JobtasticRedisBackend(RedisBackend):
+    """The Redis result backend flask-jobtastic installs (``Celery.backend_cls``)."""
+
+    ResultConsumer = SendSafeResultConsumer
+
+    def __init__(self, *args: Any, url: str | None = None, **kwargs: Any) -> None:
+        # Installed as a class, so Celery passes no URL: take the configured one.
+        app = kwargs.get("app")
+        if url is None and app is not None:
+            url = str(app.conf.result_backend or "") or None
+        super().__init__(*args, url=url, **kwargs)
+        self._once = _Flag()
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        if not task_join_will_block():
+            self.result_consumer.subscribe_for_sender(task_id)
+
+    def ensure(self, fun: Any, args: Any, **policy: Any) -> Any:
+        if self._once.on:
+            policy = {**policy, "max_retries": 0}
+        return super().ensure(fun, args, **policy)
+
+    @contextlib.contextmanager
+    def attempt_once(self) -> Iterator[None]:
+        """Writes in this block try once: a request must not wait out an outage."""
+        with _raised(self._once):
+            yield
+
+
+@contextlib.contextmanager
+def single_attempt(backend: Any) -> Iterator[None]:
+    """``backend.attempt_once()`` where the backend has it; otherwise nothing changes."""
+    attempt_once = getattr(backend, "attempt_once", None)
+    if attempt_once is None:
+        yield
+        return
+    with attempt_once():
+        yield
+
+
+def install(celery: Any) -> None:
+    """Use :class:`JobtasticRedisBackend` for a Redis result backend.
+
+    Left alone: other backends, and a Celery app given its own ``backend_cls``.
+    """
+    url = str(celery.conf.result_backend or "")
+    if not url.startswith(REDIS_SCHEMES) or celery.backend_cls is not None:
+        return
+    celery.backend_cls = JobtasticRedisBackend
+    existing = celery._backend  # made before the extension saw this app: replace it
+    if existing is not None and not isinstance(existing, JobtasticRedisBackend):
+        celery._backend_cache = None
+        celery._local.__dict__.pop("backend", None)
