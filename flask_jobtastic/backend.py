@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from celery import states as celery_states
 from celery._state import task_join_will_block
 from celery.backends.redis import RedisBackend, ResultConsumer
 
@@ -138,6 +139,39 @@ class JobtasticRedisBackend(RedisBackend):
         if self._once.on:
             policy = {**policy, "max_retries": 0}
         return super().ensure(fun, args, **policy)
+
+    #: Set by a job's final write when its owner record must be renewed with it.
+    extends_job_record = True
+
+    def _set_with_state(self, key: Any, value: Any, state: str) -> Any:
+        """A job's final state renews its owner record in the same round trip.
+
+        Celery restarts the meta's expiry with this write; the record that
+        says who may read the meta must not be the first to go.
+        """
+        if state not in celery_states.READY_STATES:
+            return super()._set_with_state(key, value, state)
+        expires = self.failure_expires if state == celery_states.FAILURE else None
+        return self.ensure(self._set_final, (key, value, expires))
+
+    def _set_final(self, key: Any, value: Any, expires: Any = None) -> None:
+        from . import results
+
+        if expires is None:
+            expires = self.expires
+        prefix = self.task_keyprefix
+        raw_key = key.decode() if isinstance(key, bytes) else str(key)
+        raw_prefix = prefix.decode() if isinstance(prefix, bytes) else str(prefix)
+        with self.client.pipeline() as pipe:
+            if expires:
+                pipe.setex(key, expires, value)
+            else:
+                pipe.set(key, value)
+            pipe.publish(key, value)
+            job_ttl = results.job_record_ttl(self)
+            if raw_key.startswith(raw_prefix) and job_ttl:
+                pipe.expire(results.side_key("job", raw_key[len(raw_prefix) :]), job_ttl)
+            pipe.execute()
 
     @contextlib.contextmanager
     def attempt_once(self) -> Iterator[None]:

@@ -589,15 +589,20 @@ def _watch_error() -> type[Exception]:
 JOB_RECORD_MARGIN = 3600
 
 
-def _job_ttl(backend: Any) -> int:
+def job_record_ttl(backend: Any) -> int:
+    """Seconds the owner record lives: the meta's, plus a margin (0: forever)."""
     ttl = _ttl(backend)
     return ttl + JOB_RECORD_MARGIN if ttl else 0
 
 
+_job_ttl = job_record_ttl
+
+
 def extend_job_record(backend: Any, task_id: str) -> None:
     """Restart the job record's clock as the job ends, when Celery's final
-    write restarts the meta's: the owner check must outlive what it guards."""
-    if _redis_backend(backend):
+    write restarts the meta's: the owner check must outlive what it guards.
+    (``JobtasticRedisBackend`` does it within that final write.)"""
+    if _redis_backend(backend) and not getattr(backend, "extends_job_record", False):
         ttl = _job_ttl(backend)
         if ttl:
             backend.client.expire(side_key("job", task_id), ttl)

@@ -1146,7 +1146,9 @@ class JobtasticTask(Task):
         local = self._local
         if getattr(local, "task_id", None) == task_id and not local.herd_claimed:
             return
-        if self._header("jobtastic_record"):
+        if self._header("jobtastic_record") and not getattr(
+            self.backend, "extends_job_record", False
+        ):
             with contextlib.suppress(Exception):  # logged by the next read, if it matters
                 results.extend_job_record(self.backend, task_id)
         if status in states.READY_STATES:
