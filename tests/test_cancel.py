@@ -11,22 +11,39 @@ import time
 import pytest
 
 from tests import tasks
+from tests.rig import ARTIFACTS, BROKERS, POOLS
 from tests.tasks import CancellableTask, SharedLongTask, SilentTask
-
-pytestmark = pytest.mark.usefixtures("celery_worker")
 
 ALICE = {"X-User": "alice"}
 BOB = {"X-User": "bob"}
 POST = {"X-Requested-With": "test"}
 
+#: Every pool on both brokers; the README's own deployment (prefork, one Redis) first.
+EVERY_RIG = pytest.mark.parametrize(
+    "rig_kind", [(pool, broker) for broker in BROKERS for pool in POOLS], ids="-".join
+)
+#: The README's pool on both brokers.
+EVERY_BROKER = pytest.mark.parametrize(
+    "rig_kind", [("prefork", broker) for broker in BROKERS], ids="-".join
+)
+
 
 @pytest.fixture
-def owned_app():
-    from tests.app_factory import close_app, create_app
+def rig_kind():
+    return ("prefork", "redis")
 
-    app = create_app(owner_header="X-User")
-    yield app
-    close_app(app)
+
+@pytest.fixture
+def owned_app(rig_kind, make_rig):
+    pool, broker = rig_kind
+    return make_rig(pool, broker, owner_header="X-User").app
+
+
+def note_latency(rig_kind, seconds):
+    """Kept for the record (test-artifacts/cancel-latency.txt), never asserted tightly."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (ARTIFACTS / "cancel-latency.txt").open("a") as out:
+        out.write(f"{'-'.join(rig_kind)} {seconds * 1000:.0f} ms\n")
 
 
 def send_as(app, headers, task_cls, **kwargs):
@@ -61,7 +78,8 @@ def running(document):
     return document["state"] == "PROGRESS" and document["progress_percent"] > 0
 
 
-def test_a_running_job_stops_and_stays_revoked(owned_app, token):
+@EVERY_RIG
+def test_a_running_job_stops_and_stays_revoked(owned_app, token, rig_kind):
     client = owned_app.test_client()
     result = send_as(owned_app, ALICE, CancellableTask, token=token)
     wait_for(client, result.id, running)
@@ -72,6 +90,7 @@ def test_a_running_job_stops_and_stays_revoked(owned_app, token):
     assert answer["state"] == "REVOKED" or answer["ready"] is False
     seen = wait_for(client, result.id, lambda d: d["state"] == "REVOKED")
     latency = time.monotonic() - asked_at
+    note_latency(rig_kind, latency)
     assert all(d.get("cancel_pending") for d in seen[:-1]), seen
     assert latency < 5, latency
     # the job really stopped: it counts no more iterations, and stays REVOKED
@@ -89,6 +108,7 @@ def test_a_running_job_stops_and_stays_revoked(owned_app, token):
     assert tasks.runs(token) == 2
 
 
+@EVERY_RIG
 def test_a_queued_job_never_starts(owned_app, token):
     client = owned_app.test_client()
     with owned_app.test_request_context(headers=ALICE):
@@ -103,6 +123,7 @@ def test_a_queued_job_never_starts(owned_app, token):
     assert status(client, result.id)["state"] == "REVOKED"
 
 
+@EVERY_BROKER
 def test_a_silent_job_is_never_shown_stopped_while_it_runs(owned_app, token):
     """A job that never writes cannot be stopped mid-run: the cancel stays
     pending, and it reads REVOKED only once it has really ended."""
@@ -122,6 +143,7 @@ def test_a_silent_job_is_never_shown_stopped_while_it_runs(owned_app, token):
     assert again.id != result.id
 
 
+@EVERY_BROKER
 def test_identical_calls_join_a_run_being_cancelled_instead_of_starting_beside_it(owned_app, token):
     client = owned_app.test_client()
     result = send_as(owned_app, ALICE, SilentTask, token=token, seconds=1.5)
@@ -133,6 +155,7 @@ def test_identical_calls_join_a_run_being_cancelled_instead_of_starting_beside_i
     assert tasks.runs(token) == 1
 
 
+@EVERY_BROKER
 def test_one_owner_of_a_shared_run_detaches_the_last_one_stops_it(owned_app, token):
     client = owned_app.test_client()
     alices = send_as(owned_app, ALICE, SharedLongTask, token=token)
