@@ -224,3 +224,31 @@ def test_a_result_backend_pause_longer_than_the_heartbeat_never_flips_a_final_st
     assert seen and seen[-1]["ready"], states[-5:]
     first_final = next(i for i, d in enumerate(seen) if d["ready"])
     assert {d["state"] for d in seen[first_final:]} == {seen[first_final]["state"]}, states
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_a_pool_process_killed_mid_job_reads_as_a_lost_worker_everywhere(make_rig, broker, token):
+    """SIGKILL to the prefork child running a tracked job (the OOM killer's way):
+    Celery's main process reports WorkerLostError. The page says the worker
+    stopped (not the generic failure), "my jobs" says failed, and the herd key is free."""
+    from tests.tasks import ShortHerdTask
+
+    rig = make_rig("prefork", broker, fresh=True, owner_header="X-User")
+    client = rig.app.test_client()
+    with rig.app.test_request_context(headers=ALICE):
+        doomed = ShortHerdTask.delay_or_fail(token=token, seconds=30)
+    wait_for(client, doomed.id, lambda d: d["state"] == "PROGRESS")
+    killed_at = time.monotonic()
+    rig.kill_child_running(doomed.id)
+    seen = wait_for(client, doomed.id, lambda d: d["ready"], timeout=20)
+    noticed = time.monotonic() - killed_at
+    document = seen[-1]
+    assert document["state"] == "FAILURE" and document["error"]["type"] == "WorkerLost"
+    assert "stopped unexpectedly" in document["error"]["message"]
+    # Celery's report, or the heartbeat marker's end: within the README's bound
+    assert noticed < ShortHerdTask.herd_avoidance_timeout + 2, noticed
+    jobs = client.get("/jobtastic/jobs?all=1", headers=ALICE).get_json()["jobs"]
+    assert [job["state"] for job in jobs if job["id"] == doomed.id] == ["failed"]
+    with rig.app.test_request_context(headers=ALICE):
+        again = ShortHerdTask.delay_or_fail(token=token, seconds=0.1)
+    assert again.id != doomed.id  # the claim went with the lost run
