@@ -469,6 +469,10 @@ class Registry:
     def get(self, job_id: str) -> JobRecord | None:
         return self.store.get(job_id)
 
+    def forget(self, job_id: str) -> bool:
+        """Drop a job from its owner's list for good (they left a run others share)."""
+        return self.store.delete(job_id)
+
     def jobs_of(
         self, owner: str, *, states: Iterable[str] | None = None, limit: int = 100
     ) -> list[JobRecord]:

@@ -219,7 +219,7 @@ def cancel(task_id: str) -> Any:
             logger.warning("Could not broadcast the cancel of %s", task_id, exc_info=True)
     elif (view.job or {}).get("owner") == state.current_owner():
         # the sender left a run others still wait on: it leaves their list
-        state.registry_call("record_state", task_id, "revoked")
+        state.registry_call("forget", task_id)
     try:
         view = results.read_job(backend, task_id)
     except Exception:

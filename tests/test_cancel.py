@@ -158,10 +158,13 @@ def test_identical_calls_join_a_run_being_cancelled_instead_of_starting_beside_i
 @EVERY_BROKER
 def test_one_owner_of_a_shared_run_detaches_the_last_one_stops_it(owned_app, token):
     client = owned_app.test_client()
-    alices = send_as(owned_app, ALICE, SharedLongTask, token=token)
+    with owned_app.test_request_context(headers=ALICE):
+        alices = SharedLongTask.async_or_fail(kwargs={"token": token}, track_state=True)
     bobs = send_as(owned_app, BOB, SharedLongTask, token=token)
     assert alices.id == bobs.id
     wait_for(client, alices.id, running)
+    listed = client.get("/jobtastic/jobs?all=1", headers=ALICE).get_json()["jobs"]
+    assert alices.id in [job["id"] for job in listed]
     # Alice leaves: her bar says cancelled at once, Bob's run goes on
     answer = cancel(client, alices.id, ALICE)
     assert answer["state"] == "REVOKED" and answer["ready"] is True
@@ -171,6 +174,8 @@ def test_one_owner_of_a_shared_run_detaches_the_last_one_stops_it(owned_app, tok
     bobs_view = status(client, bobs.id, BOB)
     assert bobs_view["state"] == "PROGRESS" and "cancel_pending" not in bobs_view
     assert status(client, alices.id, ALICE)["state"] == "REVOKED"
+    listed = client.get("/jobtastic/jobs?all=1", headers=ALICE).get_json()["jobs"]
+    assert alices.id not in [job["id"] for job in listed]  # her "my jobs" dropped it
     # Bob, the last one waiting, cancels: now the run stops
     cancel(client, bobs.id, BOB)
     wait_for(client, bobs.id, lambda d: d["state"] == "REVOKED", headers=BOB)
@@ -178,6 +183,8 @@ def test_one_owner_of_a_shared_run_detaches_the_last_one_stops_it(owned_app, tok
     time.sleep(0.6)
     assert tasks.ticks(token) <= stopped_at + 1
     assert tasks.runs(token) == 1
+    listed = client.get("/jobtastic/jobs?all=1", headers=ALICE).get_json()["jobs"]
+    assert alices.id not in [job["id"] for job in listed]  # and it stays dropped
 
 
 def test_cancel_of_a_finished_job_changes_nothing(owned_app, token):
