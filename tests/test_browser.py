@@ -1010,10 +1010,6 @@ def test_job_list_retries_while_redis_is_down_and_recovers(new_page: NewPage, to
             server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the registry records a job that could not be queued as failed on branch outage",
-)
 def test_a_job_that_could_not_be_queued_can_be_dismissed(new_page: NewPage, token: str) -> None:
     nobody = f"redis://127.0.0.1:{free_port()}/0"  # a broker that is down
     server = GunicornServer("widget-no-broker", env={"JOBTASTIC_TEST_BROKER_URL": nobody}).start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 
@@ -102,7 +103,7 @@ def test_foreign_messages_on_the_channel_give_strict_documents(client, redis_ser
     the stream; a message on the channel only makes it read the job again."""
     task_id = str(uuid.uuid4())
     key = f"celery-task-meta-{task_id}"
-    admin = redis.Redis.from_url(redis_server.url)
+    admin = redis.Redis.from_url(os.environ["JOBTASTIC_TEST_BACKEND_URL"])
     progress = (
         b'{"status": "PROGRESS", "result": {"progress_percent": NaN, "rate": Infinity,'
         b' "completed": 1, "total": 4}, "task_id": "%s"}' % task_id.encode()

@@ -999,7 +999,7 @@ def result_jobs(celery_worker: Any, redis_server: Any) -> Iterator[tuple[Flask, 
     while not all(meta_of(task_id)["status"] in ("SUCCESS", "FAILURE") for task_id in finished):
         assert time.monotonic() < deadline, "the result-type jobs did not finish"
         time.sleep(0.1)
-    backend = redis.Redis.from_url(redis_server.url)
+    backend = redis.Redis.from_url(os.environ["JOBTASTIC_TEST_BACKEND_URL"])
     planted, keys = [], []
     for raw, _ in strict.FOREIGN.values():
         task_id, written = strict.plant(backend, raw)

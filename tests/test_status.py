@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import UTC, datetime
 
@@ -229,7 +230,7 @@ def test_exposed_errors_show_step_messages_as_stored():
 @pytest.fixture
 def plant(redis_server):
     """Store raw bytes under Celery's (or our side) key of a new task id."""
-    client = redis.Redis.from_url(redis_server.url)
+    client = redis.Redis.from_url(os.environ["JOBTASTIC_TEST_BACKEND_URL"])
     planted: list[str] = []
 
     def store(raw: bytes) -> str:
@@ -287,7 +288,7 @@ def test_a_foreign_run_record_leaves_out_only_what_cannot_be_shown(client, plant
 def test_foreign_registry_records_are_left_out_of_the_job_list(redis_server, token):
     app = create_app(owner_header="X-User")
     owner = f"owner-{token}"
-    registry = redis.Redis.from_url(redis_server.url)
+    registry = redis.Redis.from_url(os.environ["JOBTASTIC_TEST_BACKEND_URL"])
     store = app.extensions["jobtastic"].registry.store
     ids = [str(uuid.uuid4()) for _ in range(3)]
     fields = {"id": ids[0], "task_name": "t", "state": "running", "updated_at": "1.0"}
