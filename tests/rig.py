@@ -149,8 +149,17 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 15) -> None:
         """Warm shutdown (running jobs finish), killed after ``timeout``."""
+        self.request_stop()
+        self.wait_stopped(timeout)
+
+    def request_stop(self) -> None:
+        """Ask for a warm shutdown without waiting (to stop several at once)."""
         if self.alive and self.process is not None:
             os.killpg(self.process.pid, signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = 15) -> None:
+        """Wait for the shutdown asked for; SIGKILL after ``timeout``."""
+        if self.process is not None:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -335,8 +344,12 @@ class RigPool:
         return worker, queue
 
     def close(self) -> None:
-        for worker in self._workers.values():
-            worker.stop(timeout=5)
+        workers = list(self._workers.values())
+        for worker in workers:
+            worker.request_stop()
+        deadline = time.monotonic() + 5
+        for worker in workers:
+            worker.wait_stopped(max(0.1, deadline - time.monotonic()))
         self._workers.clear()
 
 
