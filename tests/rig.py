@@ -41,6 +41,7 @@ import psutil
 import pytest
 from flask import Flask
 
+from tests.app_factory import close_app, create_app
 from tests.servers import MemcachedServer, RabbitMQServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,8 +280,6 @@ class Rig:
         Build it before sending: the class-level ``delay`` calls go through the
         app bound last.
         """
-        from tests.app_factory import create_app
-
         app = create_app(servers=self.env, **config)
         self._apps.append(app)
         return app
@@ -302,8 +301,6 @@ class Rig:
         return self.worker.kill_pool_child(self.child_running(task_id))
 
     def close(self) -> None:
-        from tests.app_factory import close_app
-
         for app in self._apps:
             close_app(app)
         self._apps.clear()
@@ -316,10 +313,6 @@ class RigPool:
         self.servers = servers
         self._rabbitmq = rabbitmq
         self._workers: dict[tuple[Pool, Broker, int], WorkerProcess] = {}
-
-    def adopt(self, worker: WorkerProcess) -> None:
-        """Keep the session's default worker as the (prefork, redis) rig."""
-        self._workers[("prefork", "redis", worker.concurrency)] = worker
 
     def shared_servers(self, broker: Broker) -> Servers:
         if broker == "redis":
@@ -399,8 +392,6 @@ class RigFactory:
         else:
             worker, queue = self.pool.worker(pool, broker, concurrency)
             servers = self.pool.shared_servers(broker)
-        from tests.app_factory import create_app
-
         app = create_app(servers=servers.env(queue), **app_config)
         rig = Rig(pool, servers, queue, worker, app, [app])
         self.rigs.append(rig)
