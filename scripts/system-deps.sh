@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system programs the test suite starts itself: memcached,
-# redis-server, rabbitmq-server (a node of the suite's own), Chromium (for the browser tests), wrk (for the benchmarks) and,
-# on a Debian system Python, python3-venv (for the Makefile's .venv).
+# redis-server, rabbitmq-server (the suite runs a node of its own), Chromium
+# (for the browser tests), wrk (for the benchmarks) and, on a Debian system
+# Python, python3-venv (for the Makefile's .venv).
 # Debian/Ubuntu, as root.
 set -euo pipefail
 

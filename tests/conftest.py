@@ -180,6 +180,10 @@ def app(broker_name: Broker, make_rig: RigFactory) -> Iterator[Flask]:
     """An app on the default servers; on the RabbitMQ broker (and its worker) when asked."""
     from tests.app_factory import close_app, create_app
 
+    # Closed apps of earlier tests linger in reference cycles, and a task class
+    # defined later binds to every live Celery app, its class-level calls going
+    # through whichever came last: one on servers a fault test already stopped.
+    gc.collect()
     if broker_name != "redis":
         yield make_rig("prefork", broker_name).app
         return

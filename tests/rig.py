@@ -41,6 +41,7 @@ import psutil
 import pytest
 from flask import Flask
 
+from tests.app_factory import close_app, create_app
 from tests.servers import MemcachedServer, RabbitMQServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,8 +150,17 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 15) -> None:
         """Warm shutdown (running jobs finish), killed after ``timeout``."""
+        self.request_stop()
+        self.wait_stopped(timeout)
+
+    def request_stop(self) -> None:
+        """Ask for a warm shutdown without waiting (to stop several at once)."""
         if self.alive and self.process is not None:
             os.killpg(self.process.pid, signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = 15) -> None:
+        """Wait for the shutdown asked for; SIGKILL after ``timeout``."""
+        if self.process is not None:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -270,8 +280,6 @@ class Rig:
         Build it before sending: the class-level ``delay`` calls go through the
         app bound last.
         """
-        from tests.app_factory import create_app
-
         app = create_app(servers=self.env, **config)
         self._apps.append(app)
         return app
@@ -293,8 +301,6 @@ class Rig:
         return self.worker.kill_pool_child(self.child_running(task_id))
 
     def close(self) -> None:
-        from tests.app_factory import close_app
-
         for app in self._apps:
             close_app(app)
         self._apps.clear()
@@ -307,10 +313,6 @@ class RigPool:
         self.servers = servers
         self._rabbitmq = rabbitmq
         self._workers: dict[tuple[Pool, Broker, int], WorkerProcess] = {}
-
-    def adopt(self, worker: WorkerProcess) -> None:
-        """Keep the session's default worker as the (prefork, redis) rig."""
-        self._workers[("prefork", "redis", worker.concurrency)] = worker
 
     def shared_servers(self, broker: Broker) -> Servers:
         if broker == "redis":
@@ -335,8 +337,12 @@ class RigPool:
         return worker, queue
 
     def close(self) -> None:
-        for worker in self._workers.values():
-            worker.stop(timeout=5)
+        workers = list(self._workers.values())
+        for worker in workers:
+            worker.request_stop()
+        deadline = time.monotonic() + 5
+        for worker in workers:
+            worker.wait_stopped(max(0.1, deadline - time.monotonic()))
         self._workers.clear()
 
 
@@ -386,8 +392,6 @@ class RigFactory:
         else:
             worker, queue = self.pool.worker(pool, broker, concurrency)
             servers = self.pool.shared_servers(broker)
-        from tests.app_factory import create_app
-
         app = create_app(servers=servers.env(queue), **app_config)
         rig = Rig(pool, servers, queue, worker, app, [app])
         self.rigs.append(rig)
