@@ -198,7 +198,11 @@ class ServerProcess:
 
     def _signal(self, process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         """SIGKILL reaches the whole group of an ``own_session`` server; other
-        signals go to its main process, which shuts its helpers down itself."""
+        signals go to its main process, which shuts its helpers down itself.
+
+        Only called while the main process is unreaped, so its pid (the group's
+        id) cannot have been reused by another process.
+        """
         with contextlib.suppress(ProcessLookupError):
             if self.own_session and sig == signal.SIGKILL:
                 os.killpg(process.pid, sig)
@@ -214,10 +218,6 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self._signal(process, signal.SIGKILL)
                 process.wait(timeout=STOP_TIMEOUT)
-        if process is not None and self.own_session:
-            # helpers outliving their main process (a crash leaves them) go too
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
         self._reap()
         deadline = time.monotonic() + STOP_TIMEOUT
         while not _port_is_free(self.host, self.port):
