@@ -70,7 +70,10 @@ class JobtasticState:
         if loader is None or not has_request_context():
             return None
         owner = loader()
-        return None if owner is None else str(owner)
+        if owner is None:
+            return None
+        # stored in Redis keys and JSON: text a lone surrogate cannot break
+        return str(owner).encode("utf-8", "backslashreplace").decode("utf-8")
 
     @property
     def owners_enforced(self) -> bool:

@@ -96,3 +96,17 @@ def test_jobs_shared_across_owners_run_once_and_are_readable_by_both(owned_app, 
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert runs(token) == 1
+
+
+def test_an_owner_id_that_is_not_valid_text_still_gets_json_answers(token):
+    """An owner loader may hand back any str (a lone surrogate from a header, say):
+    the job list and its HTML answer as for anyone else, never a 500."""
+    app = create_app(owner_header="X-User")
+    try:
+        app.extensions["jobtastic"].extension.owner_loader(lambda: "user-\udc80-" + token)
+        client = app.test_client()
+        listed = client.get("/jobtastic/jobs")
+        assert listed.status_code == 200 and listed.get_json() == {"jobs": []}
+        assert client.get("/jobtastic/jobs.html").status_code == 200
+    finally:
+        close_app(app)
