@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from . import cache as cache_ops
-from . import results, states
+from . import guards, results, states
 from .status import WORKER_LOST, document_for, for_viewer
 
 logger = logging.getLogger("flask_jobtastic")
@@ -46,7 +46,7 @@ def settle_lost_job(state: Any, task_id: str, view: results.JobView) -> None:
         "task_id": task_id,
     }
     try:
-        if not results.settle_lost(state.celery.backend, task_id, failure):
+        if not guards.settle_lost(state.celery.backend, task_id, failure):
             return
     except Exception:
         logger.warning("Could not store job %s as lost", task_id, exc_info=True)

@@ -27,7 +27,7 @@ def is_valid_task_id(task_id: str) -> bool:
     return bool(_UUID.fullmatch(task_id))
 
 
-def _meta(task_id: str, state: str, info: dict[str, Any]) -> dict[str, Any]:
+def task_meta(task_id: str, state: str, info: dict[str, Any]) -> dict[str, Any]:
     """Celery's task-meta shape, as ``store_result`` would write it."""
     return {
         "status": state,
@@ -87,15 +87,15 @@ def record_queued(
     records = [
         (
             backend.get_key_for_task(task_id),
-            backend.encode(_meta(task_id, celery_states.PENDING, info)),
+            backend.encode(task_meta(task_id, celery_states.PENDING, info)),
             False,
             None,
         )
     ]
     if job is not None:
         # it decides who may read the meta: it must outlive it
-        ttl = _job_ttl(backend) if _redis_backend(backend) else 0
-        records.append((side_key("job", task_id), _dumps(job), False, ttl or None))
+        ttl = job_record_ttl(backend) if is_redis_backend(backend) else 0
+        records.append((side_key("job", task_id), dumps_record(job), False, ttl or None))
     _write(backend, records)
 
 
@@ -115,7 +115,7 @@ def write_progress(
     if alive_for is not None:  # first, so no reader sees PROGRESS without it
         records.append((side_key("run", task_id), alive_marker(), False, alive_for))
     records += [
-        (key, backend.encode(_meta(task_id, "PROGRESS", info)), True, None) for info in infos
+        (key, backend.encode(task_meta(task_id, "PROGRESS", info)), True, None) for info in infos
     ]
     _write(backend, records)
     return True
@@ -123,7 +123,7 @@ def write_progress(
 
 def alive_marker() -> str:
     """The run record while the job runs: renewed by the heartbeat, it expires when it dies."""
-    return _dumps({ALIVE_FIELD: time.time()})
+    return dumps_record({ALIVE_FIELD: time.time()})
 
 
 #: The field that marks a run record as "still running" rather than the details it left.
@@ -142,7 +142,7 @@ def details_record(details: dict[str, Any], alive_for: int) -> dict[str, Any]:
     return {ENDED_FIELD: time.time(), "alive_for": alive_for, **details}
 
 
-def _dumps(value: dict[str, Any]) -> str:
+def dumps_record(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
@@ -165,7 +165,7 @@ def write_side(
     """
     if not isinstance(backend, KeyValueStoreBackend):
         return False
-    encoded = value if isinstance(value, str) else _dumps(value)
+    encoded = value if isinstance(value, str) else dumps_record(value)
     if expires is not None and _accepts_expires(backend):
         backend.set(side_key(kind, task_id), encoded, expires=expires)
     else:
@@ -257,7 +257,7 @@ def _views(backend: Any, ids: list[str], raw: list[Any]) -> dict[str, JobView]:
         at = 3 * index
         meta = decode_meta(backend, task_id, raw[at], None if decoded is None else decoded[at])
         if decoded is None:
-            job, run = _json(raw[at + 1]), _json(raw[at + 2])
+            job, run = loads_record(raw[at + 1]), loads_record(raw[at + 2])
         else:
             job, run = _dict_or_none(decoded[at + 1]), _dict_or_none(decoded[at + 2])
         views[task_id] = JobView(meta, job, run, True)
@@ -353,7 +353,7 @@ def _decode_meta(backend: Any, raw: Any) -> dict[str, Any]:
     return meta
 
 
-def _json(raw: Any) -> dict[str, Any] | None:
+def loads_record(raw: Any) -> dict[str, Any] | None:
     if not raw:
         return None
     try:
@@ -377,211 +377,15 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-# -- conditional writes: a final state never changes --------------------------
-#
-# A job's own writes (progress, the heartbeat's marker) and a reader's
-# "worker lost" verdict race each other. On Redis each is one script, so the
-# check and the write are atomic: a job never writes over a final state, and
-# learns in the same round trip that it was cancelled or declared lost.
-
-#: What a job's write (or check) found: go on, stop because the job was
-#: cancelled, or stop because its state is already final (declared lost).
-GO_ON, CANCELLED, FINAL = "ok", "cancel", "final"
-
-#: The job-record field that tells the running job to stop.
-CANCEL_FIELD = "cancel_requested_at"
-
-_STATUS_OF = """
-local function final(raw)
-  if not raw then return false end
-  local st = string.match(raw, '"status":%s*"(%u+)"')
-  return st == 'SUCCESS' or st == 'FAILURE' or st == 'REVOKED'
-end
-local function cancelled(raw)
-  return raw and string.find(raw, '"cancel_requested_at":', 1, true) ~= nil
-end
-"""
-
-#: KEYS: meta, job, run. ARGV: meta ttl (0: none), marker ('' for none),
-#: marker ttl, force ('1': a redelivered run may replace a final state), metas...
-_PROGRESS_SCRIPT = (
-    _STATUS_OF
-    + """
-if ARGV[4] ~= '1' and final(redis.call('GET', KEYS[1])) then return 'final' end
-if cancelled(redis.call('GET', KEYS[2])) then return 'cancel' end
-if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
-for i = 5, #ARGV do
-  if ARGV[1] ~= '0' then
-    redis.call('SET', KEYS[1], ARGV[i], 'EX', ARGV[1])
-  else
-    redis.call('SET', KEYS[1], ARGV[i])
-  end
-  redis.call('PUBLISH', KEYS[1], ARGV[i])
-end
-return 'ok'
-"""
-)
-
-#: KEYS: meta, job, run. ARGV: marker ('' to only check), marker ttl.
-_CHECK_SCRIPT = (
-    _STATUS_OF
-    + """
-if final(redis.call('GET', KEYS[1])) then return 'final' end
-if ARGV[1] ~= '' then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
-if cancelled(redis.call('GET', KEYS[2])) then return 'cancel' end
-return 'ok'
-"""
-)
-
-#: KEYS: meta, run. ARGV: the FAILURE meta, its ttl (0: none).
-_LOST_SCRIPT = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local raw = redis.call('GET', KEYS[1])
-if not raw or string.match(raw, '"status":%s*"(%u+)"') ~= 'PROGRESS' then return 0 end
-if ARGV[2] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"""
-
-
-def _redis_backend(backend: Any) -> bool:
+def is_redis_backend(backend: Any) -> bool:
     from celery.backends.redis import RedisBackend
 
     return isinstance(backend, RedisBackend)
 
 
-def _script(backend: Any, source: str) -> Any:
-    """A registered script per client (redis-py caches the SHA and reloads it)."""
-    client = backend.client
-    cache = client.__dict__.setdefault("_jobtastic_scripts", {})
-    script = cache.get(source)
-    if script is None:
-        script = cache[source] = client.register_script(source)
-    return script
-
-
-def _ttl(backend: Any) -> int:
+def meta_ttl(backend: Any) -> int:
     expires = backend.expires
     return int(expires) if expires else 0
-
-
-def _verdict(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _job_asks_cancel(job: dict[str, Any] | None) -> bool:
-    return bool(job and job.get(CANCEL_FIELD))
-
-
-def _is_final(meta: dict[str, Any] | None) -> bool:
-    return bool(meta) and meta.get("status") in celery_states.READY_STATES
-
-
-def guarded_progress(
-    backend: Any,
-    task_id: str,
-    *infos: dict[str, Any],
-    alive_for: int | None = None,
-    force: bool = False,
-) -> str | None:
-    """``write_progress`` that never lands on a final state or a cancelled job.
-
-    Returns ``GO_ON`` (written), ``CANCELLED`` or ``FINAL`` (nothing
-    written), or None on backends that are not key-value stores (the caller
-    then writes through Celery). ``force``: a redelivered run replaces the
-    verdict a reader gave its lost predecessor.
-    """
-    if not isinstance(backend, KeyValueStoreBackend):
-        return None
-    if not _redis_backend(backend):
-        verdict = check_run(backend, task_id, force=force)
-        if verdict == GO_ON:
-            write_progress(backend, task_id, *infos, alive_for=alive_for)
-        return verdict
-    marker = alive_marker() if alive_for is not None else ""
-    metas = [backend.encode(_meta(task_id, "PROGRESS", info)) for info in infos]
-    keys = [backend.get_key_for_task(task_id), side_key("job", task_id), side_key("run", task_id)]
-    args = [_ttl(backend), marker, alive_for or 0, "1" if force else "0", *metas]
-    return _verdict(_script(backend, _PROGRESS_SCRIPT)(keys=keys, args=args))
-
-
-def check_run(
-    backend: Any, task_id: str, *, alive_for: int | None = None, force: bool = False
-) -> str:
-    """Whether a running job may go on; with ``alive_for``, renew its marker too."""
-    if _redis_backend(backend):
-        keys = [
-            backend.get_key_for_task(task_id),
-            side_key("job", task_id),
-            side_key("run", task_id),
-        ]
-        marker = alive_marker() if alive_for is not None else ""
-        args = [marker, alive_for or 0]
-        return _verdict(_script(backend, _CHECK_SCRIPT)(keys=keys, args=args))
-    view = read_job(backend, task_id)
-    if not force and _is_final(view.meta if "task_id" in view.meta else None):
-        return FINAL
-    if alive_for is not None:
-        write_side(backend, "run", task_id, alive_marker(), alive_for)
-    return CANCELLED if _job_asks_cancel(view.job) else GO_ON
-
-
-def settle_lost(backend: Any, task_id: str, failure_meta: dict[str, Any]) -> bool:
-    """Store a lost worker's job as FAILURE, unless its heartbeat came back.
-
-    Called by the reader that found PROGRESS without the alive marker, so
-    that the FAILURE it shows is final: the job, if it was alive after all,
-    sees the final state at its next write and stops without overwriting it.
-    """
-    if not _redis_backend(backend):
-        return False
-    keys = [backend.get_key_for_task(task_id), side_key("run", task_id)]
-    args = [backend.encode(failure_meta), _ttl(backend)]
-    return bool(_script(backend, _LOST_SCRIPT)(keys=keys, args=args))
-
-
-def update_job(
-    backend: Any, task_id: str, change: Callable[[dict[str, Any]], Any]
-) -> tuple[dict[str, Any], Any]:
-    """Read-modify-write the ``job`` side record, atomically on Redis.
-
-    ``change`` edits the record in place and returns a value handed back
-    with the stored record. Two owners cancelling one shared run at once
-    must not both believe the other still waits.
-    """
-    key = side_key("job", task_id)
-    if not _redis_backend(backend):
-        job = _json(backend.get(key)) or {}
-        outcome = change(job)
-        backend.set(key, _dumps(job))
-        return job, outcome
-    client = backend.client
-    ttl = _job_ttl(backend)
-    with client.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(key)
-                job = _json(pipe.get(key)) or {}
-                outcome = change(job)
-                pipe.multi()
-                if ttl:
-                    pipe.set(key, _dumps(job), ex=ttl)
-                else:
-                    pipe.set(key, _dumps(job))
-                pipe.execute()
-                return job, outcome
-            except _watch_error():
-                continue
-
-
-def _watch_error() -> type[Exception]:
-    from redis.exceptions import WatchError
-
-    return WatchError
 
 
 #: The job record outlives the meta by this much: it decides who may read
@@ -591,33 +395,5 @@ JOB_RECORD_MARGIN = 3600
 
 def job_record_ttl(backend: Any) -> int:
     """Seconds the owner record lives: the meta's, plus a margin (0: forever)."""
-    ttl = _ttl(backend)
+    ttl = meta_ttl(backend)
     return ttl + JOB_RECORD_MARGIN if ttl else 0
-
-
-_job_ttl = job_record_ttl
-
-
-def extend_job_record(backend: Any, task_id: str) -> None:
-    """Restart the job record's clock as the job ends, when Celery's final
-    write restarts the meta's: the owner check must outlive what it guards.
-    (``JobtasticRedisBackend`` does it within that final write.)"""
-    if _redis_backend(backend) and not getattr(backend, "extends_job_record", False):
-        ttl = _job_ttl(backend)
-        if ttl:
-            backend.client.expire(side_key("job", task_id), ttl)
-
-
-_REPUBLISH_SCRIPT = """
-local raw = redis.call('GET', KEYS[1])
-if raw then redis.call('PUBLISH', KEYS[1], raw) end
-return 1
-"""
-
-
-def republish(backend: Any, task_id: str) -> None:
-    """Publish the stored meta again, as it is, so open event streams re-read
-    the job (a cancel changed what they show, not the meta). Celery's own
-    result consumers see a state they already had."""
-    if _redis_backend(backend):
-        _script(backend, _REPUBLISH_SCRIPT)(keys=[backend.get_key_for_task(task_id)])

@@ -35,7 +35,7 @@ from kombu.exceptions import EncodeError
 from kombu.utils.json import dumps as json_dumps
 
 from . import cache as cache_ops
-from . import keys, results, signals, states
+from . import guards, keys, results, signals, states
 from .backend import single_attempt
 from .counts import ItemCounter
 from .errors import BrokerUnavailable, JobStopped, ResultNotSerializable
@@ -501,7 +501,7 @@ class JobtasticTask(Task):
                 job["detached"] = detached
 
         try:
-            results.update_job(self.backend, task_id, join)
+            guards.update_job(self.backend, task_id, join)
         except Exception:
             logger.warning("Could not record %s joining job %s", owner, task_id, exc_info=True)
 
@@ -778,12 +778,12 @@ class JobtasticTask(Task):
             # after a later progress write), and no herd key is put back after
             # the run released it.
             with run.lock:
-                if run.finished or run.verdict == results.FINAL:
+                if run.finished or run.verdict == guards.FINAL:
                     return
                 if not run.started:  # the first beat: PROGRESS 0 and the marker
                     if task_id in worker_state.revoked:
                         return  # stopping: REVOKED must not be overwritten
-                    verdict = results.guarded_progress(
+                    verdict = guards.guarded_progress(
                         backend, task_id, run.start_meta, alive_for=timeout, force=redelivered
                     )
                     if verdict is None:
@@ -792,10 +792,10 @@ class JobtasticTask(Task):
                         )
                     run.started = True
                 else:
-                    verdict = results.check_run(backend, task_id, alive_for=timeout)
-                if verdict is not None and verdict != results.GO_ON:
+                    verdict = guards.check_run(backend, task_id, alive_for=timeout)
+                if verdict is not None and verdict != guards.GO_ON:
                     run.verdict = verdict  # the job stops at its next write, or as it ends
-                if herd and run.verdict != results.FINAL:
+                if herd and run.verdict != guards.FINAL:
                     cache_ops.refresh_herd_key(cache, herd, task_id, timeout)
 
         heartbeat.add(task_id, timeout, renew, first_in=started_in)
@@ -834,8 +834,8 @@ class JobtasticTask(Task):
             return
         run: _Run = local.run
         if task_id in worker_state.revoked:  # threads and solo pools see the broadcast
-            self._stop(local, results.CANCELLED)
-        if run.verdict != results.GO_ON:  # the heartbeat learned it first
+            self._stop(local, guards.CANCELLED)
+        if run.verdict != guards.GO_ON:  # the heartbeat learned it first
             self._stop(local, run.verdict)
         if local.details_used:
             meta = {**meta, **self._details(local)}
@@ -854,7 +854,7 @@ class JobtasticTask(Task):
                     task_id, metas, alive_for, force=local.redelivered and not run.started
                 )
                 run.started = True
-        if verdict != results.GO_ON:
+        if verdict != guards.GO_ON:
             self._stop(local, verdict)
         if local.tracked:
             state = getattr(self.app, "_flask_jobtastic_state", None)
@@ -871,21 +871,21 @@ class JobtasticTask(Task):
     ) -> str:
         """Write PROGRESS unless the job was cancelled or its state is final.
 
-        Returns what the write found (``results.GO_ON``, ``CANCELLED``,
+        Returns what the write found (``guards.GO_ON``, ``CANCELLED``,
         ``FINAL``); a backend that does not answer is logged and means go on.
         """
         try:
-            verdict = results.guarded_progress(
+            verdict = guards.guarded_progress(
                 self.backend, task_id, *metas, alive_for=alive_for, force=force
             )
             if verdict is None:
                 for meta in metas:
                     self.update_state(task_id=task_id, state=states.PROGRESS, meta=meta)
-                return results.GO_ON
+                return guards.GO_ON
             return verdict
         except Exception:
             logger.warning("Could not write progress of job %s", task_id, exc_info=True)
-            return results.GO_ON
+            return guards.GO_ON
 
     def on_cancel(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Called in the worker when a running job stops because it was cancelled.
@@ -903,13 +903,13 @@ class JobtasticTask(Task):
         """Ask the result backend whether this run must stop; stop it if so."""
         run: _Run = local.run
         verdict = run.verdict
-        if verdict == results.GO_ON:
+        if verdict == guards.GO_ON:
             try:
-                verdict = results.check_run(self.backend, local.task_id, force=local.redelivered)
+                verdict = guards.check_run(self.backend, local.task_id, force=local.redelivered)
             except Exception:
                 logger.warning("Could not check job %s for a cancel", local.task_id, exc_info=True)
                 return
-        if verdict != results.GO_ON:
+        if verdict != guards.GO_ON:
             self._stop(local, verdict)
 
     def _stop(self, local: threading.local, verdict: str) -> None:
@@ -922,7 +922,7 @@ class JobtasticTask(Task):
         run: _Run = local.run
         with run.lock:  # the heartbeat must not write anything after this
             run.finished = True
-        if verdict == results.FINAL:
+        if verdict == guards.FINAL:
             logger.warning(
                 "Job %s stops: its state became final while it ran (a reader found its "
                 "heartbeat missing and reported the worker lost)",
@@ -1150,7 +1150,7 @@ class JobtasticTask(Task):
             self.backend, "extends_job_record", False
         ):
             with contextlib.suppress(Exception):  # logged by the next read, if it matters
-                results.extend_job_record(self.backend, task_id)
+                guards.extend_job_record(self.backend, task_id)
         if status in states.READY_STATES:
             cache_key = self._run_cache_key(task_id, args, kwargs)
             if cache_key is not None:
@@ -1287,9 +1287,9 @@ class _Run:
         self.started = False
         #: Set as the run ends: the heartbeat writes nothing after it.
         self.finished = False
-        #: What the heartbeat's last renewal found (``results.GO_ON``,
+        #: What the heartbeat's last renewal found (``guards.GO_ON``,
         #: ``CANCELLED``, ``FINAL``): the job stops at its next write.
-        self.verdict = results.GO_ON
+        self.verdict = guards.GO_ON
         self.lock = threading.Lock()
 
 

@@ -26,7 +26,7 @@ from flask import (
 )
 from werkzeug.routing import PathConverter
 
-from . import jsonsafe, results, states, streams
+from . import guards, jsonsafe, results, states, streams
 from .assets import asset_dir
 from .events import event_stream
 from .reading import viewer_document
@@ -207,11 +207,11 @@ def cancel(task_id: str) -> Any:
     if document["ready"]:
         return _no_store(jsonify(document))
     try:
-        _, stop = results.update_job(backend, task_id, _cancel_by(state.current_owner()))
+        _, stop = guards.update_job(backend, task_id, _cancel_by(state.current_owner()))
     except Exception:
         return _unavailable(task_id)
     with contextlib.suppress(Exception):  # open event streams show the pending cancel
-        results.republish(backend, task_id)
+        guards.republish(backend, task_id)
     if stop:
         try:  # queued jobs: the worker that holds the message drops it
             state.celery.control.revoke(task_id)
