@@ -363,16 +363,6 @@ def loads_record(raw: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def read_meta(backend: Any, task_id: str) -> dict[str, Any]:
-    """The task meta for one id (Celery's placeholder when nothing is stored).
-
-    Raises only when the backend does not answer; see ``decode_meta``.
-    """
-    if isinstance(backend, KeyValueStoreBackend):
-        return decode_meta(backend, task_id, backend.get(backend.get_key_for_task(task_id)))
-    return backend.get_task_meta(task_id)
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
