@@ -21,6 +21,7 @@ install: venv
 
 test: install
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
 	$(PYTHON) -m pytest
 
 demo: venv

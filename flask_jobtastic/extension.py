@@ -12,24 +12,24 @@ import logging
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from flask import Flask, current_app, has_app_context, has_request_context
+from flask import Flask, current_app, has_app_context
 from flask_caching import Cache
 from kombu.exceptions import OperationalError
 
 from . import backend as result_backend
 from . import defaults
 from .assets import jobtastic_assets
+from .binding import register_celery_app
 from .cache import describe_add_atomicity
 from .cli import jobtastic_cli
 from .embedded import EmbeddedWorker
 from .errors import ConfigurationError
 from .registry import MemoryRegistryStore, RedisRegistryStore, Registry
+from .state import JobtasticState, attach
 from .streams import StreamSlots, read_limits
-from .task import register_celery_app
 
 logger = logging.getLogger("flask_jobtastic")
 
@@ -37,74 +37,6 @@ EXTENSION_KEY = "jobtastic"
 
 #: Serializer names that are safe to accept from a broker.
 _JSON_NAMES = frozenset({"json", "application/json"})
-
-
-@dataclass
-class JobtasticState:
-    """Everything the extension knows about one Flask application."""
-
-    app: Flask
-    celery: Celery
-    cache: Cache
-    cache_backend: Any
-    broker_errors: tuple[type[BaseException], ...]
-    publish_retry_policy: dict[str, float]
-    progress_interval: float
-    progress_smoothing: float
-    started_delay: float
-    expose_errors: bool
-    batch_limit: int
-    url_prefix: str
-    events_heartbeat: float
-    events_poll_interval: float
-    events_max_seconds: float
-    stream_slots: StreamSlots
-    embedded_worker: EmbeddedWorker | None = None
-    registry: Registry | None = None
-    allow_unowned: bool | None = None
-    extension: Jobtastic | None = None
-
-    def current_owner(self) -> str | None:
-        """The owner of jobs sent now: the app's ``owner_loader`` in a request."""
-        loader = self.extension._owner_loader if self.extension is not None else None
-        if loader is None or not has_request_context():
-            return None
-        owner = loader()
-        if owner is None:
-            return None
-        # stored in Redis keys and JSON: text a lone surrogate cannot break
-        return str(owner).encode("utf-8", "backslashreplace").decode("utf-8")
-
-    @property
-    def owners_enforced(self) -> bool:
-        return self.extension is not None and self.extension._owner_loader is not None
-
-    def may_read(self, job: dict[str, Any] | None, *, has_side_records: bool = False) -> bool:
-        """Whether the current request may see a job, given its ``job`` side record.
-
-        Where owners are checked, every job is sent with that record; a job
-        whose record is gone (expired, evicted) is nobody's to read.
-        """
-        if job is None and has_side_records and self.owners_enforced:
-            return False
-        owner = job.get("owner") if job else None
-        if job and job.get("shared"):
-            return True  # a result meant for everyone who holds the id
-        if owner is None:
-            if self.allow_unowned is not None:
-                return self.allow_unowned
-            return not self.owners_enforced
-        return owner == self.current_owner()
-
-    def registry_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the registry; its store being down is logged, never fatal to a job."""
-        if self.registry is None:
-            return None
-        try:
-            return getattr(self.registry, method)(*args, **kwargs)
-        except Exception:
-            logger.warning("Job registry %s failed", method, exc_info=True)
-            return None
 
 
 def _setting_defaults() -> dict[str, Any]:
@@ -349,7 +281,7 @@ class Jobtastic:
         app.extensions[EXTENSION_KEY] = state
         if self._celery is None:
             self._built.append(celery)
-        celery._flask_jobtastic_state = state  # type: ignore[attr-defined]
+        attach(celery, state)
         register_celery_app(celery)
 
         from .views import TaskIdConverter, create_blueprint
@@ -377,7 +309,8 @@ class Jobtastic:
                 "app.extensions['jobtastic']"
             )
         try:
-            return current_app.extensions[EXTENSION_KEY]
+            state: JobtasticState = current_app.extensions[EXTENSION_KEY]
+            return state
         except KeyError:
             raise RuntimeError(
                 "The current Flask app is not registered with this 'Jobtastic' instance. "

@@ -86,7 +86,7 @@ def _is_plain(value: Any, depth: int) -> bool:
     if kind in _PLAIN:
         return True
     if kind is float:
-        return value - value == 0.0  # False for NaN and infinities
+        return bool(value - value == 0.0)  # False for NaN and infinities
     if depth >= MAX_DEPTH:
         return False
     if kind is list:
@@ -157,7 +157,9 @@ def _convert(value: Any, path: str, depth: int, active: set[int]) -> Any:
     return _convert_leaf(value, path)
 
 
-def _convert_dict(value: dict[Any, Any], path: str, depth: int, active: set[int]) -> dict:
+def _convert_dict(
+    value: dict[Any, Any], path: str, depth: int, active: set[int]
+) -> dict[str, Any]:
     if len(value) == 2 and set(value) == _KOMBU_TYPED:
         raise NotJSONError(path, "a dict of only '__type__' and '__value__' (kombu's typed form)")
     out: dict[str, Any] = {}

@@ -33,7 +33,7 @@ def settle_lost_job(state: Any, task_id: str, view: results.JobView) -> None:
     worker have been alive after all (a result-backend outage longer than
     its heartbeat): the job sees the final state at its next write and stops.
     """
-    failure = {
+    failure: dict[str, Any] = {
         "status": states.FAILURE,
         "result": {
             "exc_type": "WorkerLostError",
@@ -54,4 +54,4 @@ def settle_lost_job(state: Any, task_id: str, view: results.JobView) -> None:
     herd_key = (view.job or {}).get("herd_key")
     if herd_key:
         cache_ops.cache_delete_if_equal(state.cache_backend, herd_key, task_id)
-    state.registry_call("record_state", task_id, "failed")
+    state.record_state(task_id, "failed")

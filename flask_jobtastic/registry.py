@@ -245,7 +245,7 @@ class RedisRegistryStore:
         pipe = self.client.pipeline(transaction=True)
         # Replace, not merge: a field that became None must disappear.
         pipe.delete(key)
-        pipe.hset(key, mapping=self._encode(record))
+        pipe.hset(key, mapping=self._encode(record))  # type: ignore[arg-type]  # str: str is fine
         pipe.expire(key, self.record_ttl)
         if record.owner is not None:
             owner_key = self.owner_key(record.owner)
@@ -281,7 +281,8 @@ class RedisRegistryStore:
         start = 0
         page = max(limit, _BATCH) if wanted is not None else limit
         while len(result) < limit:
-            ids = [_text(m) for m in self.client.zrevrange(owner_key, start, start + page - 1)]
+            members = self.client.zrevrange(owner_key, start, start + page - 1)
+            ids = [_text(m) for m in members]  # type: ignore[arg-type]  # no scores asked
             if not ids:
                 break
             records = self.get_many(ids)

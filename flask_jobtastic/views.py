@@ -8,9 +8,7 @@ leak nothing. State-changing endpoints are POST and need an
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 from typing import Any
 
 from flask import (
@@ -26,12 +24,12 @@ from flask import (
 )
 from werkzeug.routing import PathConverter
 
-from . import guards, jsonsafe, results, states, streams
+from . import jsonsafe, lifecycle, results, states, streams
 from .assets import asset_dir
 from .events import event_stream
 from .reading import viewer_document
 from .registry import JobNotFinished
-from .status import CANCEL_FIELD, build_status
+from .status import build_status
 
 logger = logging.getLogger("flask_jobtastic")
 
@@ -202,49 +200,15 @@ def cancel(task_id: str) -> Any:
     if refused:
         return refused
     state, view = _readable_job(task_id, must_exist=True)
-    backend = state.celery.backend
     document = _document(state, task_id, view)
     if document["ready"]:
         return _no_store(jsonify(document))
     try:
-        _, stop = guards.update_job(backend, task_id, _cancel_by(state.current_owner()))
-    except Exception:
-        return _unavailable(task_id)
-    with contextlib.suppress(Exception):  # open event streams show the pending cancel
-        guards.republish(backend, task_id)
-    if stop:
-        try:  # queued jobs: the worker that holds the message drops it
-            state.celery.control.revoke(task_id)
-        except Exception:
-            logger.warning("Could not broadcast the cancel of %s", task_id, exc_info=True)
-    elif (view.job or {}).get("owner") == state.current_owner():
-        # the sender left a run others still wait on: it leaves their list
-        state.registry_call("forget", task_id)
-    try:
-        view = results.read_job(backend, task_id)
+        lifecycle.request_cancel(state, task_id, (view.job or {}).get("owner"))
+        view = results.read_job(state.celery.backend, task_id)
     except Exception:
         return _unavailable(task_id)
     return _no_store(jsonify(_document(state, task_id, view)))
-
-
-def _cancel_by(owner: str | None) -> Any:
-    """The job-record change of one cancel: detach ``owner`` or stop the run.
-
-    Returns True when the run must stop: it is not shared, or nobody else
-    still waits on it.
-    """
-
-    def change(job: dict[str, Any]) -> bool:
-        if job.get("shared") and owner is not None:
-            waiting = job.get("owners") or ([job["owner"]] if job.get("owner") else [])
-            detached = [o for o in job.get("detached") or [] if o != owner] + [owner]
-            job["detached"] = detached
-            if any(other not in detached for other in waiting):
-                return False  # others still wait: the run goes on for them
-        job[CANCEL_FIELD] = time.time()
-        return True
-
-    return change
 
 
 def _registry_or_404() -> Any:
@@ -292,7 +256,7 @@ def _settle_lost(state: Any, records: list[Any]) -> list[Any]:
             view is not None
             and _document(state, record.id, view).get("error", {}).get("type") == "WorkerLost"
         ):
-            record = state.registry_call("record_state", record.id, "failed") or record
+            record = state.record_state(record.id, "failed") or record
         settled.append(record)
     return settled
 
