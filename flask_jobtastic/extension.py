@@ -22,10 +22,10 @@ from . import backend as result_backend
 from . import defaults
 from .assets import jobtastic_assets
 from .binding import register_celery_app
-from .cache import describe_add_atomicity
 from .cli import jobtastic_cli
 from .embedded import EmbeddedWorker
 from .errors import ConfigurationError
+from .herd import describe_add_atomicity
 from .registry import MemoryRegistryStore, RedisRegistryStore, Registry
 from .settings import number, read_settings, setting_defaults
 from .state import JobtasticState, attach

@@ -157,9 +157,7 @@ def _convert(value: Any, path: str, depth: int, active: set[int]) -> Any:
     return _convert_leaf(value, path)
 
 
-def _convert_dict(
-    value: dict[Any, Any], path: str, depth: int, active: set[int]
-) -> dict[str, Any]:
+def _convert_dict(value: dict[Any, Any], path: str, depth: int, active: set[int]) -> dict[str, Any]:
     if len(value) == 2 and set(value) == _KOMBU_TYPED:
         raise NotJSONError(path, "a dict of only '__type__' and '__value__' (kombu's typed form)")
     out: dict[str, Any] = {}

@@ -13,8 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import cache as herd  # TEMPORARY until herd.py lands
-from . import guards, keys, states
+from . import guards, herd, keys, states
 from .errors import JobStopped
 from .heartbeat import alive_for
 from .status import CANCEL_FIELD, error_id_for
@@ -31,12 +30,8 @@ def release_herd_key(
     state: JobtasticState, herd_key: str | None, task_id: str, *, held: bool = False
 ) -> None:
     """Free a herd key if it still holds this run's id (``held``: it surely does)."""
-    if not herd_key:
-        return
-    if held:
-        herd.cache_delete(state.cache_backend, herd_key)
-    else:
-        herd.cache_delete_if_equal(state.cache_backend, herd_key, task_id)
+    if herd_key:
+        herd.release_herd_key(state.cache_backend, herd_key, task_id, held=held)
 
 
 def settle_revoked(

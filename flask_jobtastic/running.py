@@ -21,8 +21,7 @@ import psutil
 from celery.exceptions import Ignore
 from celery.worker import state as worker_state
 
-from . import cache as herd  # TEMPORARY until herd.py lands
-from . import guards, keys, lifecycle, results, states
+from . import guards, herd, keys, lifecycle, results, states
 from .counts import ItemCounter
 from .errors import JobStopped, ResultNotSerializable
 from .heartbeat import alive_for, heartbeat

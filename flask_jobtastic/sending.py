@@ -20,8 +20,7 @@ from celery.result import AsyncResult, EagerResult
 from kombu.exceptions import EncodeError
 from kombu.utils.json import dumps as json_dumps
 
-from . import cache as herd  # TEMPORARY until herd.py lands
-from . import guards, keys, results, signals, states
+from . import guards, herd, keys, results, signals, states
 from .backend import single_attempt
 from .errors import BrokerUnavailable
 from .state import require_state

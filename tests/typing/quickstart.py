@@ -28,7 +28,9 @@ class LotsOfDivisionTask(JobtasticTask):
     def calculate_result(self, numerators: list[int], denominators: list[int]) -> list[float]:
         results = []
         total = len(numerators)
-        for count, (numerator, denominator) in enumerate(zip(numerators, denominators, strict=True)):
+        for count, (numerator, denominator) in enumerate(
+            zip(numerators, denominators, strict=True)
+        ):
             results.append(numerator / denominator)
             assert_type(self.update_progress(count + 1, total, update_frequency=10), None)
             time.sleep(0.1)
