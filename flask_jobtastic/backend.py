@@ -29,6 +29,8 @@ from celery import states as celery_states
 from celery._state import task_join_will_block  # type: ignore[attr-defined]
 from celery.backends.redis import RedisBackend, ResultConsumer  # type: ignore[attr-defined]
 
+from . import results
+
 logger = logging.getLogger("flask_jobtastic")
 
 #: Result backend URL schemes served by :class:`JobtasticRedisBackend`.
@@ -159,8 +161,6 @@ class JobtasticRedisBackend(RedisBackend):
         return self.ensure(self._set_final, (key, value, expires))
 
     def _set_final(self, key: Any, value: Any, expires: Any = None) -> None:
-        from . import results
-
         if expires is None:
             expires = self.expires  # type: ignore[attr-defined]
         prefix = self.task_keyprefix

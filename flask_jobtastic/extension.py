@@ -30,6 +30,7 @@ from .registry import MemoryRegistryStore, RedisRegistryStore, Registry
 from .settings import number, read_settings, setting_defaults
 from .state import JobtasticState, attach
 from .streams import StreamSlots
+from .views import TaskIdConverter, create_blueprint
 
 logger = logging.getLogger("flask_jobtastic")
 
@@ -174,8 +175,6 @@ def check_cache(backend: Any, celery: Celery) -> None:
 
 def _register_web_parts(app: Flask, url_prefix: str) -> None:
     """The blueprint, its id converter, the ``jobtastic_assets`` global and the CLI."""
-    from .views import TaskIdConverter, create_blueprint
-
     app.url_map.converters.setdefault("jobtastic_id", TaskIdConverter)
     app.register_blueprint(create_blueprint(), url_prefix=url_prefix)
     app.jinja_env.globals.setdefault("jobtastic_assets", jobtastic_assets)
