@@ -130,3 +130,146 @@ def test_foreign_messages_on_the_channel_give_strict_documents(client, redis_ser
         response.close()
         admin.delete(key, f"jobtastic-run-{task_id}")
         admin.close()
+
+
+# --- the stream's steps, on fakes: exact output and timing, no worker needed ---
+
+
+class FakeTime:
+    """``time`` as events.py sees it: a clock that only sleeps and waits move."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakePubSub:
+    """Scripted messages, each after a wait; ``"boom"`` raises as a lost server would."""
+
+    def __init__(self, clock: FakeTime, script: list[tuple[float, object]]) -> None:
+        self.clock, self.script = clock, list(script)
+        self.subscribed: list[str] = []
+        self.closed = False
+
+    def subscribe(self, channel: str) -> None:
+        self.subscribed.append(channel)
+
+    def get_message(self, timeout: float) -> object:
+        waited, message = self.script.pop(0) if self.script else (timeout, None)
+        self.clock.now += min(waited, timeout)
+        if message == "boom":
+            raise ConnectionError("gone")
+        return message
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def doc(name: str, ready: bool = False) -> dict[str, object]:
+    return {"task_id": "t1", "state": name, "ready": ready}
+
+
+def run_stream(monkeypatch, reads, *, pubsub=None, heartbeat=1.0, max_seconds=10.0, limit=50):
+    """Every chunk the stream yields (at most ``limit``) with its fake time, and the reads.
+
+    ``reads`` are the documents read_job returns one after another (an
+    exception instance is raised instead); viewer_document passes them through.
+    """
+    from types import SimpleNamespace
+
+    from flask_jobtastic import events
+
+    clock = FakeTime() if pubsub is None else pubsub.clock
+    pending = list(reads)
+    done: list[float] = []
+
+    def read_job(backend, task_id):
+        done.append(clock.now)
+        value = pending.pop(0)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    backend = SimpleNamespace(get_key_for_task=lambda task_id: f"celery-task-meta-{task_id}")
+    client = None if pubsub is None else SimpleNamespace(pubsub=lambda **kw: pubsub)
+    monkeypatch.setattr(events, "time", clock)
+    monkeypatch.setattr(events, "_redis_client", lambda b: client)
+    monkeypatch.setattr(events.results, "read_job", read_job)
+    monkeypatch.setattr(events, "viewer_document", lambda state, task_id, view: view)
+    state = SimpleNamespace(
+        celery=SimpleNamespace(backend=backend),
+        events_max_seconds=max_seconds,
+        events_heartbeat=heartbeat,
+        events_poll_interval=0.4,
+    )
+    out = []
+    for chunk in events.event_stream(state, "t1"):
+        out.append((round(clock.now, 3), chunk.split("\n", 1)[0] + _state_of(chunk)))
+        if len(out) >= limit:
+            break
+    return out, [round(t, 3) for t in done]
+
+
+def _state_of(chunk: str) -> str:
+    if "data: " not in chunk:
+        return ""
+    return " " + str(json.loads(chunk.split("data: ", 1)[1]).get("state", "-"))
+
+
+def test_polled_stream_sends_changes_and_a_heartbeat(monkeypatch):
+    reads = [doc("A"), doc("A"), doc("A"), doc("A"), doc("B", ready=True)]
+    out, done = run_stream(monkeypatch, reads)
+    assert out == [
+        (0.0, "retry: 2000"),
+        (0.0, "event: status A"),
+        (1.2, ": heartbeat"),
+        (1.6, "event: status B"),
+    ]
+    assert done == [0.0, 0.4, 0.8, 1.2, 1.6]
+
+
+def test_polled_stream_ends_at_its_deadline(monkeypatch):
+    out, done = run_stream(monkeypatch, [doc("A")] * 10, max_seconds=1.0)
+    assert out == [(0.0, "retry: 2000"), (0.0, "event: status A"), (1.2, ": heartbeat")]
+    assert done == [0.0, 0.4, 0.8, 1.2]
+
+
+def test_pubsub_stream_reads_on_messages_and_rereads_at_heartbeat(monkeypatch):
+    clock = FakeTime()
+    pubsub = FakePubSub(clock, [(5, None), (0.5, {"type": "message"}), (5, {"type": "x"})])
+    reads = [doc("A"), doc("B"), doc("B"), doc("C", ready=True)]
+    out, done = run_stream(monkeypatch, reads, pubsub=pubsub, heartbeat=2.0)
+    assert out == [
+        (0.0, "retry: 2000"),
+        (0.0, "event: status A"),
+        (1.5, "event: status B"),
+        (3.5, ": heartbeat"),  # re-read at the heartbeat: nothing new
+        (5.5, "event: status C"),  # re-read at the next one: final
+    ]
+    assert done == [0.0, 1.5, 3.5, 5.5]
+    assert pubsub.subscribed == ["celery-task-meta-t1"] and pubsub.closed
+
+
+def test_stream_says_unavailable_once_and_ends(monkeypatch):
+    unavailable = "event: unavailable -"
+    out, _ = run_stream(monkeypatch, [RuntimeError("down")])
+    assert [text for _, text in out] == ["retry: 2000", unavailable]
+    out, _ = run_stream(monkeypatch, [doc("A"), RuntimeError("down")])
+    assert [text for _, text in out] == ["retry: 2000", "event: status A", unavailable]
+    pubsub = FakePubSub(FakeTime(), [(0.5, "boom")])
+    out, _ = run_stream(monkeypatch, [doc("A")], pubsub=pubsub)
+    assert [text for _, text in out][-1] == unavailable and pubsub.closed
+    pubsub = FakePubSub(FakeTime(), [])
+    out, _ = run_stream(monkeypatch, [doc("A"), RuntimeError("down")], pubsub=pubsub)
+    assert out[-1] == (1.0, unavailable)  # the heartbeat re-read failed
+
+
+def test_stream_frees_its_pubsub_when_the_reader_leaves(monkeypatch):
+    pubsub = FakePubSub(FakeTime(), [])
+    out, _ = run_stream(monkeypatch, [doc("A")] * 5, pubsub=pubsub, limit=2)
+    assert len(out) == 2 and pubsub.closed
