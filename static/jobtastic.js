@@ -79,6 +79,10 @@
       counts: "{success} done, {failure} failed, {pending} to go",
       stepPending: "Pending", stepRunning: "Running", stepDone: "Done", stepFailed: "Failed",
       hours: "{n} h", minutes: "{n} min", seconds: "{n} s",
+      // the job list: an item's title and its job's state, and its Dismiss button
+      jobTitle: "{name} · {state}", dismiss: "Dismiss",
+      jobQueued: "Queued", jobRunning: "Running", jobSucceeded: "Done", jobFailed: "Failed",
+      jobRevoked: "Cancelled", jobRetrying: "Retrying", jobCancelling: "Cancelling…",
     },
   };
 
@@ -835,9 +839,10 @@
     PENDING: "queued", STARTED: "running", PROGRESS: "running", RETRY: "retrying",
     SUCCESS: "succeeded", FAILURE: "failed", REVOKED: "revoked",
   };
+  /** A job-list state's label in `messages`. */
   const JOB_LABELS = {
-    queued: "Queued", running: "Running", succeeded: "Done", failed: "Failed",
-    revoked: "Cancelled", retrying: "Retrying", cancelling: "Cancelling…",
+    queued: "jobQueued", running: "jobRunning", succeeded: "jobSucceeded", failed: "jobFailed",
+    revoked: "jobRevoked", retrying: "jobRetrying", cancelling: "jobCancelling",
   };
 
   /** The state a list item shows: its bar's, which is live, unless the record knows more. */
@@ -850,8 +855,9 @@
   }
 
   /** "Report · Running": a list item's title; a state without a label shows as it is. */
-  function jobTitle(name, state) {
-    return name + " · " + (JOB_LABELS[state] || state);
+  function jobTitle(name, state, m) {
+    const label = JOB_LABELS.hasOwnProperty(state) ? m[JOB_LABELS[state]] : state;
+    return fmt(m.jobTitle, { name, state: label });
   }
 
   /**
@@ -911,6 +917,7 @@
     }
 
     update(item) {
+      const m = settings.messages;
       const id = item.getAttribute("data-job-id"), record = this.records.get(id);
       const bar = item.querySelector(".jobtastic");
       const title = item.querySelector(".jobtastic-job-title");
@@ -919,15 +926,15 @@
       const name = record ? record.description || record.task_name : item.dataset.jobTitle;
       const state = jobState(record, bar && trackers.get(bar));
       item.className = "jobtastic-job jobtastic-job-" + state;
-      setText(title, jobTitle(name, state));
+      setText(title, jobTitle(name, state, m));
       const finished = JOB_FINISHED.indexOf(state) >= 0 && !(record && record.seen);
       let dismiss = item.querySelector(".jobtastic-job-dismiss");
       if (finished && this.seenTemplate && !dismiss) {
         dismiss = h("button", "jobtastic-job-dismiss", { type: "button" });
-        dismiss.textContent = "Dismiss";
         dismiss.addEventListener("click", () => this.markSeen(item, dismiss));
         item.append(dismiss);
       }
+      if (dismiss) setText(dismiss, m.dismiss);
     }
 
     async markSeen(item, button) {
