@@ -21,6 +21,7 @@ install: venv
 
 test: install
 	$(PYTHON) -m ruff check .
+	node --test tests/js/
 	$(PYTHON) -m pytest
 
 demo: venv
