@@ -834,6 +834,8 @@
   // ---- the "my jobs" list (templates/jobtastic/jobs.html) ------------------------------
 
   const JOB_FINISHED = ["succeeded", "failed", "revoked"];
+  /** section -> ids dismissed on this page: seen jobs stay listed a while (seen_ttl). */
+  const dismissedJobs = new WeakMap();
   /** A bar's document state as a job-list state. */
   const DOC_JOB_STATES = {
     PENDING: "queued", STARTED: "running", PROGRESS: "running", RETRY: "retrying",
@@ -875,7 +877,8 @@
       this.empty = section.querySelector(".jobtastic-jobs-empty");
       this.note = section.querySelector(".jobtastic-jobs-status") || this.addNote();
       this.records = new Map(); // id -> the last record the server sent
-      this.dismissed = new Set(); // seen jobs stay listed a while (seen_ttl), not on this page
+      if (!dismissedJobs.has(section)) dismissedJobs.set(section, new Set());
+      this.dismissed = dismissedJobs.get(section); // shared by a section's watchers
       Object.assign(this, { timer: null, stopped: false, delay: opts.interval, failures: 0 });
       this.refresh = this.refresh.bind(this);
       this.onUpdate = (event) => {
@@ -931,7 +934,9 @@
       let dismiss = item.querySelector(".jobtastic-job-dismiss");
       if (finished && this.seenTemplate && !dismiss) {
         dismiss = h("button", "jobtastic-job-dismiss", { type: "button" });
-        dismiss.addEventListener("click", () => this.markSeen(item, dismiss));
+        // through the section's watcher then: watchJobs may have replaced this one
+        const watcher = () => this.section.__jobtasticJobs || this;
+        dismiss.addEventListener("click", () => watcher().markSeen(item, dismiss));
         item.append(dismiss);
       }
       if (dismiss) setText(dismiss, m.dismiss);
