@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the system programs the test suite starts itself: memcached,
 # redis-server, rabbitmq-server (the suite runs a node of its own), Chromium
-# (for the browser tests), wrk (for the benchmarks) and, on a Debian system
-# Python, python3-venv (for the Makefile's .venv).
+# (for the browser tests), wrk (for the benchmarks), Node.js (for the widget's
+# unit tests, tests/js/) and, on a Debian system Python, python3-venv (for the
+# Makefile's .venv).
 # Debian/Ubuntu, as root.
 set -euo pipefail
 
@@ -13,6 +14,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)  # the benchmarks' load generator
+command -v node >/dev/null 2>&1 || need+=(nodejs)  # `node --test tests/js/`
 # `make` builds its own virtual environment; Debian's Python needs python3-venv for it.
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 

@@ -25,6 +25,12 @@
  *
  * Cancel: "Cancelling…" (button disabled) from the click, or while a document carries
  * `cancel_pending: true`, until a final document; a failed POST says so and re-enables it.
+ *
+ * Inside, a Tracker puts together: two transports (Poller, Stream) that report to a
+ * listener, the StateMachine (the listener: it decides what happens after each
+ * document or failure), and a BarView that renders the machine's state into the element.
+ * JobsList keeps the "my jobs" list. Node can require this file (see the end) to test
+ * the parts that need no DOM: `node --test tests/js/`.
  */
 (function (window, document) {
   "use strict";
@@ -73,10 +79,14 @@
       counts: "{success} done, {failure} failed, {pending} to go",
       stepPending: "Pending", stepRunning: "Running", stepDone: "Done", stepFailed: "Failed",
       hours: "{n} h", minutes: "{n} min", seconds: "{n} s",
+      // the job list: an item's title and its job's state, and its Dismiss button
+      jobTitle: "{name} · {state}", dismiss: "Dismiss",
+      jobQueued: "Queued", jobRunning: "Running", jobSucceeded: "Done", jobFailed: "Failed",
+      jobRevoked: "Cancelled", jobRetrying: "Retrying", jobCancelling: "Cancelling…",
     },
   };
 
-  // ---- helpers -------------------------------------------------------------------------
+  // ---- formatting: status documents as text --------------------------------------------
 
   function fmt(template, vars) {
     return String(template).replace(/\{(\w+)\}/g, (all, k) => (k in vars ? vars[k] : all));
@@ -103,6 +113,434 @@
     return steps.filter(waiting).length;
   }
 
+  function errorText(err) {
+    if (!err) return "";
+    return typeof err === "string" ? err : String(err.message || err.type || "");
+  }
+
+  /** The text under a PROGRESS bar: estimating, steps to go, almost done or time left. */
+  function progressText(doc, pct, o) {
+    const m = o.messages, percent = Math.floor(pct);
+    const eta = doc.time_remaining == null ? -1 : Number(doc.time_remaining);
+    const left = stepsLeft(doc.steps); // progress counts items, not the steps after them
+    if (eta < 0 || pct <= 0) return m.estimating;
+    if (eta < 1 && left) return fmt(left === 1 ? m.oneStepLeft : m.stepsLeft, { percent, n: left });
+    if (eta < 1) return fmt(m.almostDone, { percent });
+    return fmt(m.progress, { percent, remaining: o.formatDuration(eta, m) });
+  }
+
+  /**
+   * How a bar looks and what it says for a tracker's state (`model`: state, document,
+   * finished, connectionError, cancelPending). look: busy | value | success | danger | muted.
+   */
+  function describe(model, o) {
+    const m = o.messages, doc = model.document || {}, state = model.state;
+    const pct = Math.min(100, Math.max(0, Number(doc.progress_percent) || 0));
+    let look = "busy", text = m.pending;
+    if (state === "PROGRESS") [look, text] = ["value", progressText(doc, pct, o)];
+    else if (state === "SUCCESS") [look, text] = ["success", m.success];
+    else if (state === "FAILURE" || state === "ERROR") {
+      [look, text] = ["danger", errorText(doc.error) || m.failure];
+    } else if (state === "REVOKED") [look, text] = ["muted", m.revoked];
+    else if (state === "UNKNOWN") [look, text] = ["muted", m.unknown];
+    else if (state === "RETRY") text = m.retry;
+    else if (state === "STARTED") text = m.started;
+    if (model.cancelPending) text = m.cancelling;
+    if (model.connectionError && !model.finished) text = m.networkError;
+    return { look, text, pct, percent: Math.floor(pct) };
+  }
+
+  /** "Error reference: ID" of a failure, or "" when there is none or `text` quotes it. */
+  function errorIdText(state, doc, text, m) {
+    const errId = state === "FAILURE" && doc && doc.error && doc.error.error_id;
+    if (!errId || String(text).indexOf(String(errId)) >= 0) return "";
+    return fmt(m.errorId, { id: errId });
+  }
+
+  /** A step's duration: tenths of a second under 10 s, then formatDuration. */
+  function stepDuration(duration, o) {
+    const d = duration == null ? NaN : Number(duration);
+    if (isNaN(d)) return "";
+    return d < 10 ? fmt(o.messages.seconds, { n: d.toFixed(1) }) : o.formatDuration(d, o.messages);
+  }
+
+  function countsText(c, m) {
+    if (!c) return "";
+    return fmt(m.counts, {
+      amount: c.amount || 0, success: c.success || 0,
+      failure: c.failure || 0, pending: c.pending || 0,
+    });
+  }
+
+  // ---- options and URLs ------------------------------------------------------------------
+
+  function merge(base, extra) {
+    const out = Object.assign({}, base, extra);
+    out.messages = Object.assign({}, base.messages, extra && extra.messages);
+    return out;
+  }
+
+  const prefixOf = (urlPrefix) => String(urlPrefix).replace(/\/+$/, "");
+
+  /** ".../status/<id>[?query]" -> ".../<kind>/<id>[?query]", or null. */
+  function deriveUrl(statusUrl, kind) {
+    const m = /\/status\/([^/?#]+)([?#].*)?$/.exec(statusUrl);
+    return m ? statusUrl.slice(0, m.index) + "/" + kind + "/" + m[1] + (m[2] || "") : null;
+  }
+
+  /** statusUrl, eventsUrl and cancelUrl: as given, else from statusUrl, else from urlPrefix. */
+  function endpoints(o) {
+    const prefix = prefixOf(o.urlPrefix), id = encodeURIComponent(o.taskId);
+    const statusUrl = o.statusUrl || prefix + "/status/" + id;
+    return {
+      statusUrl,
+      eventsUrl: o.eventsUrl || deriveUrl(statusUrl, "events") || prefix + "/events/" + id,
+      cancelUrl: o.cancelUrl || deriveUrl(statusUrl, "cancel") || prefix + "/cancel/" + id,
+    };
+  }
+
+  /** A tracker's options: defaults, then the element's data-* attributes, then `options`. */
+  function trackerOptions(defaults, data, options) {
+    const o = merge(merge(defaults, data), options);
+    if (o.taskId == null || o.taskId === "") throw new Error("Jobtastic: no taskId given");
+    Object.assign(o, endpoints(o));
+    o.pollInterval = Math.max(50, Number(o.pollInterval) || defaults.pollInterval);
+    o.maxPollInterval = Math.max(o.pollInterval, Number(o.maxPollInterval) || 0);
+    return o;
+  }
+
+  const DATA_OPTIONS = {
+    jobtasticTaskId: "taskId", jobtasticUrl: "statusUrl", jobtasticEventsUrl: "eventsUrl",
+    jobtasticCancelUrl: "cancelUrl", jobtasticTransport: "transport", jobtasticTheme: "theme",
+  };
+
+  /** Options from an element's data-jobtastic-* attributes. */
+  function readData(el) {
+    const d = el.dataset, o = {};
+    for (const k in DATA_OPTIONS) if (d[k]) o[DATA_OPTIONS[k]] = d[k];
+    const poll = d.jobtasticPollInterval;
+    if (poll && !isNaN(+poll)) o.pollInterval = +poll;
+    const cancel = d.jobtasticCancelButton;
+    if (cancel != null) o.cancelButton = !/^(false|0|no|off)$/i.test(cancel);
+    return o;
+  }
+
+  /** The job list's URL: the section's data-jobtastic-jobs-url, else urlPrefix + "/jobs". */
+  function jobsUrl(attribute, urlPrefix) {
+    return attribute || prefixOf(urlPrefix) + "/jobs";
+  }
+
+  /** data-jobtastic-seen-url names a placeholder job id; this is the URL for `id`. */
+  function seenUrl(template, id) {
+    return template.replace("00000000-0000-0000-0000-000000000000", id);
+  }
+
+  // ---- transports: they fetch, and tell a listener what came ---------------------------
+
+  const isDocument = (body) => !!body && typeof body === "object" && typeof body.state === "string";
+
+  /** What a poll's answer is: "document", "trouble" (retry later) or "fatal" (a 4xx). */
+  function classifyAnswer(status, ok, body) {
+    if (isDocument(body) && (ok || (status === 404 && body.state === "UNKNOWN"))) return "document";
+    if (ok || status >= 500 || status === 408 || status === 429) return "trouble";
+    return "fatal";
+  }
+
+  /**
+   * GETs statusUrl, one request at a time. start(delay) (re)schedules the next poll and
+   * stop() ends polling. The listener gets onDocument(doc), onTrouble(info) (it
+   * reschedules) or onFatal(status, body); after a document the next poll is in `interval`.
+   */
+  class Poller {
+    constructor(url, interval, listener) {
+      Object.assign(this, { url, interval, listener, active: false, timer: null, abort: null });
+    }
+
+    start(delay) {
+      this.active = true;
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => this.poll(), delay);
+    }
+
+    /** Poll now if a poll is waiting (not while one is on its way). */
+    poke() {
+      if (this.active && this.timer) this.start(0);
+    }
+
+    stop() {
+      this.active = false;
+      clearTimeout(this.timer);
+      this.timer = null;
+      if (this.abort) this.abort.abort();
+    }
+
+    async poll() {
+      this.timer = null;
+      if (!this.active) return;
+      const { res, body } = await this.request();
+      if (!this.active) return; // stopped meanwhile
+      if (!res) return this.listener.onTrouble({ type: "network", message: "no response" });
+      const answer = classifyAnswer(res.status, res.ok, body);
+      if (answer === "trouble") {
+        const info = { type: "http", status: res.status, message: res.statusText || "" };
+        return this.listener.onTrouble(info);
+      }
+      if (answer === "fatal") return this.listener.onFatal(res.status, body);
+      this.listener.onDocument(body);
+      if (this.active && !this.timer) this.start(this.interval);
+    }
+
+    /** {res, body}: res null on a network error, body null when it is not JSON. */
+    async request() {
+      const ctl = typeof AbortController === "function" ? new AbortController() : null;
+      this.abort = ctl;
+      let res = null, body = null;
+      try {
+        res = await fetch(this.url, {
+          credentials: "same-origin", cache: "no-store",
+          headers: { Accept: "application/json" }, signal: ctl ? ctl.signal : undefined,
+        });
+        body = await res.json().catch(() => null);
+      } catch (e) {
+        res = null;
+      }
+      if (this.abort === ctl) this.abort = null;
+      return { res, body };
+    }
+  }
+
+  /**
+   * An EventSource on eventsUrl, within the page's budget of open streams. start() is
+   * false when the page may not open one (no EventSource, maxStreams open, one refused in
+   * the last STREAM_PAUSE ms). The listener gets onDocument(doc) and onGiveUp(reason):
+   * "unavailable" (the server lost its result backend), "refused" (a 429, or broken
+   * before its first document: new bars poll for a while) or "broken" (again after a
+   * reconnect, or closed).
+   */
+  class Stream {
+    constructor(url, maxStreams, listener, EventSourceClass) {
+      const ES = EventSourceClass || (window && window.EventSource);
+      Object.assign(this, { url, maxStreams, listener, EventSource: ES, es: null });
+    }
+
+    start() {
+      const refusedLately = performance.now() - streams.refusedAt < STREAM_PAUSE;
+      if (typeof this.EventSource !== "function") return false;
+      if (streams.open >= this.maxStreams || refusedLately) return false;
+      try {
+        this.es = new this.EventSource(this.url);
+      } catch (e) {
+        return false;
+      }
+      streams.open += 1;
+      this.listen(this.es);
+      return true;
+    }
+
+    stop() {
+      if (!this.es) return;
+      this.es.close();
+      this.es = null;
+      streams.open -= 1;
+    }
+
+    listen(es) {
+      let delivered = false, errors = 0;
+      const onMessage = (ev) => {
+        if (this.es !== es) return;
+        delivered = true;
+        errors = 0;
+        let doc = null;
+        try { doc = JSON.parse(ev.data); } catch (e) { return; }
+        this.listener.onDocument(doc);
+      };
+      es.addEventListener("status", onMessage);
+      es.addEventListener("message", onMessage);
+      es.addEventListener("unavailable", () => {
+        if (this.es === es) this.listener.onGiveUp("unavailable");
+      });
+      es.addEventListener("error", () => {
+        if (this.es !== es) return;
+        // After a stream that worked the browser may reconnect once.
+        errors += 1;
+        if (!delivered) streams.refusedAt = performance.now();
+        if (!delivered) this.listener.onGiveUp("refused");
+        else if (errors >= 2 || es.readyState === 2) this.listener.onGiveUp("broken");
+      });
+    }
+  }
+
+  /** POST cancelUrl: {ok, body}, ok false when the server can't be reached or refuses. */
+  async function postCancel(url) {
+    let res = null, body = null;
+    try {
+      res = await fetch(url, {
+        method: "POST", credentials: "same-origin",
+        headers: { "X-Requested-With": "jobtastic", Accept: "application/json" },
+      });
+      body = await res.json().catch(() => null);
+    } catch (e) { /* network error: res stays null */ }
+    return { ok: !!res && res.ok, body };
+  }
+
+  // ---- the state machine -----------------------------------------------------------------
+
+  /**
+   * What a tracker does next. It does no I/O and touches no DOM: `parts` gives it
+   * poller(listener) and stream(listener) (transports with start/stop, the machine being
+   * their listener), a view (render(machine)), emit(type, args) for the callbacks and
+   * DOM events, and sendCancel(url) -> Promise<{ok, body}>.
+   */
+  class StateMachine {
+    constructor(options, parts) {
+      this.options = options;
+      this.taskId = String(options.taskId);
+      this.view = parts.view;
+      this.emit = parts.emit;
+      this.sendCancel = parts.sendCancel;
+      this.poller = parts.poller(this);
+      this.stream = parts.stream(this);
+      this.state = "PENDING";
+      this.document = null; // the last status document
+      this.transport = null; // "events" | "polling" while listening
+      this.connectionError = null; // errorInfo while the server can't be reached
+      this.finished = false; // a final state was shown
+      this.errors = 0; // failed polls in a row
+      this.delay = options.pollInterval; // the next poll after a failure
+      this.unknownSeen = 0;
+      this.cancelState = null; // null | "sending" | "sent"
+      this.notice = ""; // "Could not cancel the job"
+    }
+
+    /** Show the initial state, then listen: the stream if allowed and possible, else poll. */
+    start() {
+      this.render();
+      if (this.options.transport !== "polling" && this.stream.start()) this.transport = "events";
+      else this.poll(0);
+    }
+
+    stop() {
+      this.stream.stop();
+      this.poller.stop();
+      this.transport = null;
+    }
+
+    poll(delay) {
+      this.stream.stop();
+      this.transport = "polling";
+      this.poller.start(delay);
+    }
+
+    /** Whether a cancel waits for the worker: asked here, or said so by the server. */
+    get cancelPending() {
+      if (this.finished) return false;
+      return !!this.cancelState || !!(this.document && this.document.cancel_pending === true);
+    }
+
+    render() {
+      this.view.render(this);
+    }
+
+    // -- the transports' listener --
+
+    onDocument(doc) {
+      this.recovered();
+      this.handle(doc);
+    }
+
+    /** Network error or 5xx: back off; after N in a row show it, but never give up. */
+    onTrouble(info) {
+      const o = this.options;
+      this.errors += 1;
+      this.delay = Math.min(this.delay * 2, o.maxPollInterval);
+      if (this.errors >= o.maxConsecutiveErrors) {
+        this.delay = o.maxPollInterval;
+        if (!this.connectionError) {
+          this.connectionError = Object.assign({ attempts: this.errors }, info);
+          this.render();
+          this.emit("error", [this.connectionError]);
+        }
+      }
+      this.poller.start(this.delay);
+    }
+
+    /** A 4xx other than "job unknown": retrying would not help. */
+    onFatal(status, body) {
+      const message = errorText(body && body.error) || this.options.messages.requestError;
+      this.emit("error", [{ type: "http", status, message, final: true }]);
+      this.handle({
+        task_id: this.taskId, state: "ERROR", ready: true,
+        error: { type: "HTTP " + status, message },
+      });
+    }
+
+    /** The stream failed or was refused: poll (polling shows an outage and recovers). */
+    onGiveUp() {
+      this.poll(0);
+    }
+
+    // -- documents --
+
+    recovered() {
+      this.errors = 0;
+      this.delay = this.options.pollInterval;
+      if (this.connectionError) {
+        this.connectionError = null;
+        this.render();
+      }
+    }
+
+    handle(doc) {
+      if (this.finished || !isDocument(doc)) return;
+      if (doc.state === "UNKNOWN" && this.unknownSeen < this.options.unknownRetries) {
+        this.unknownSeen += 1; // maybe not recorded yet: ask again before saying so
+        if (this.transport === "events") this.poll(this.options.pollInterval);
+        return;
+      }
+      this.document = doc;
+      this.state = doc.state;
+      const final = doc.ready === true || FINAL.indexOf(doc.state) >= 0;
+      if (final) {
+        this.finished = true;
+        this.stop();
+      }
+      this.render();
+      this.announce(doc, final);
+    }
+
+    announce(doc, final) {
+      this.emit("update", [doc]);
+      if (doc.state === "PROGRESS") this.emit("progress", [doc]);
+      if (!final) return;
+      if (doc.state === "SUCCESS") this.emit("success", [doc.result, doc]);
+      if (doc.state === "FAILURE") this.emit("failure", [doc.error || null, doc]);
+      this.emit("finish", [doc]);
+    }
+
+    // -- cancel --
+
+    /**
+     * POST to cancelUrl. Resolves true once the server took the cancel: the bar says
+     * "Cancelling…" until a document confirms it (REVOKED) or shows how the job ended.
+     */
+    async cancel() {
+      if (this.finished || this.cancelPending) return false;
+      this.cancelState = "sending";
+      this.notice = "";
+      this.render();
+      const { ok, body } = await this.sendCancel(this.options.cancelUrl);
+      this.cancelState = ok ? "sent" : null;
+      this.notice = ok ? "" : this.options.messages.cancelFailed;
+      if (ok && isDocument(body) && body.task_id === this.taskId) {
+        this.handle(body); // the server answered with the job's status document
+      } else if (ok && this.transport === "polling") this.poller.poke(); // ask right away
+      if (!this.finished) this.render();
+      return ok;
+    }
+  }
+
+  // ---- the view: a bar, its text and details, built once and then only updated ---------
+
   function h(tag, cls, attrs) {
     const el = document.createElement(tag);
     el.className = cls;
@@ -117,280 +555,24 @@
 
   const show = (el, visible) => { el.hidden = !visible; };
 
-  function errorText(err) {
-    if (!err) return "";
-    return typeof err === "string" ? err : String(err.message || err.type || "");
-  }
+  const BAR_PARTS = ["placeholder", "bar", "footer", "error-id", "details"];
+  const BOOTSTRAP_COLORS = { success: " bg-success", danger: " bg-danger", muted: " bg-secondary" };
 
-  function merge(base, extra) {
-    const out = Object.assign({}, base, extra);
-    out.messages = Object.assign({}, base.messages, extra && extra.messages);
-    return out;
-  }
-
-  /** ".../status/<id>[?query]" -> ".../<kind>/<id>[?query]", or null. */
-  function deriveUrl(statusUrl, kind) {
-    const m = /\/status\/([^/?#]+)([?#].*)?$/.exec(statusUrl);
-    return m ? statusUrl.slice(0, m.index) + "/" + kind + "/" + m[1] + (m[2] || "") : null;
-  }
-
-  const DATA_OPTIONS = {
-    jobtasticTaskId: "taskId", jobtasticUrl: "statusUrl", jobtasticEventsUrl: "eventsUrl",
-    jobtasticCancelUrl: "cancelUrl", jobtasticTransport: "transport", jobtasticTheme: "theme",
-  };
-
-  function readData(el) {
-    const d = el.dataset, o = {};
-    for (const k in DATA_OPTIONS) if (d[k]) o[DATA_OPTIONS[k]] = d[k];
-    const poll = d.jobtasticPollInterval;
-    if (poll && !isNaN(+poll)) o.pollInterval = +poll;
-    const cancel = d.jobtasticCancelButton;
-    if (cancel != null) o.cancelButton = !/^(false|0|no|off)$/i.test(cancel);
-    return o;
-  }
-
-  // ---- the tracker -----------------------------------------------------------------------
-
-  class Tracker {
-    constructor(element, options) {
-      const o = merge(merge(settings, readData(element)), options);
-      if (o.taskId == null || o.taskId === "") throw new Error("Jobtastic: no taskId given");
-      const prefix = String(o.urlPrefix).replace(/\/+$/, ""), id = encodeURIComponent(o.taskId);
-      o.statusUrl = o.statusUrl || prefix + "/status/" + id;
-      o.eventsUrl = o.eventsUrl || deriveUrl(o.statusUrl, "events") || prefix + "/events/" + id;
-      o.cancelUrl = o.cancelUrl || deriveUrl(o.statusUrl, "cancel") || prefix + "/cancel/" + id;
-      o.pollInterval = Math.max(50, Number(o.pollInterval) || settings.pollInterval);
-      o.maxPollInterval = Math.max(o.pollInterval, Number(o.maxPollInterval) || 0);
-      Object.assign(this, { element, options: o, taskId: String(o.taskId), state: "PENDING" });
-      this.document = null; // the last status document
-      this.transport = null; // "events" | "polling" while listening
-      this.connectionError = null; // errorInfo while the server can't be reached
-      this.finished = false; // a final state was shown
-      this._errors = 0;
-      this._delay = o.pollInterval;
-      this._unknownSeen = 0;
-      this._cancelState = null; // null | "sending" | "sent"
-      this._notice = "";
-      this._timer = this._es = this._abort = null;
-      this._stepEls = new Map();
-      this._logKey = "";
-      this._build();
-      this._render();
-      if (o.transport !== "polling" && typeof window.EventSource === "function") this._listen();
-      else this._startPolling(0);
+  /** Renders a tracker's state (describe's model) into its element; onCancel on a click. */
+  class BarView {
+    constructor(element, options, onCancel) {
+      this.root = element;
+      this.options = options;
+      this.bootstrap = options.theme === "bootstrap";
+      this.stepEls = new Map();
+      this.logKey = "";
+      this.build(onCancel);
     }
 
-    /** Stop listening; the element keeps showing the last state. */
-    stop() {
-      this._close();
-      if (this._abort) this._abort.abort();
-      this.transport = null;
-    }
-
-    /** Whether a cancel waits for the worker: asked here, or said so by the server. */
-    get cancelPending() {
-      if (this.finished) return false;
-      return !!this._cancelState || !!(this.document && this.document.cancel_pending === true);
-    }
-
-    /**
-     * POST to cancelUrl. Resolves true once the server took the cancel: the bar says
-     * "Cancelling…" until a document confirms it (REVOKED) or shows how the job ended.
-     */
-    async cancel() {
-      if (this.finished || this.cancelPending) return false;
-      this._cancelState = "sending";
-      this._notice = "";
-      this._render();
-      let res = null, body = null;
-      try {
-        res = await fetch(this.options.cancelUrl, {
-          method: "POST", credentials: "same-origin",
-          headers: { "X-Requested-With": "jobtastic", Accept: "application/json" },
-        });
-        body = await res.json().catch(() => null);
-      } catch (e) { /* network error: res stays null */ }
-      const ok = !!res && res.ok;
-      this._cancelState = ok ? "sent" : null;
-      this._notice = ok ? "" : this.options.messages.cancelFailed;
-      if (ok && body && typeof body.state === "string" && body.task_id === this.taskId) {
-        this._handle(body); // the server answered with the job's status document
-      } else if (ok && this._timer) this._schedule(0); // ask for the new state right away
-      if (!this.finished) this._render();
-      return ok;
-    }
-
-    // -- transports --
-
-    _listen() {
-      let es, delivered = false, errors = 0;
-      const refusedLately = performance.now() - streams.refusedAt < STREAM_PAUSE;
-      if (streams.open >= this.options.maxStreams || refusedLately) return this._startPolling(0);
-      try {
-        es = new window.EventSource(this.options.eventsUrl);
-      } catch (e) {
-        return this._startPolling(0);
-      }
-      this._es = es;
-      streams.open += 1;
-      this.transport = "events";
-      const onMessage = (ev) => {
-        if (this._es !== es) return;
-        delivered = true;
-        errors = 0;
-        let doc = null;
-        try { doc = JSON.parse(ev.data); } catch (e) { return; }
-        this._recovered();
-        this._handle(doc);
-      };
-      es.addEventListener("status", onMessage);
-      es.addEventListener("message", onMessage);
-      // The server lost its result backend: polling shows the outage and recovers.
-      es.addEventListener("unavailable", () => {
-        if (this._es === es) this._startPolling(0);
-      });
-      es.addEventListener("error", () => {
-        if (this._es !== es) return;
-        // A stream refused (429: too many open) or broken before its first document
-        // is not retried: this bar polls, and so do bars added in the next seconds.
-        // After a stream that worked the browser may reconnect once.
-        errors += 1;
-        if (!delivered) streams.refusedAt = performance.now();
-        if (!delivered || errors >= 2 || es.readyState === 2) this._startPolling(0);
-      });
-    }
-
-    _startPolling(delay) {
-      this._closeStream();
-      this.transport = "polling";
-      this._schedule(delay);
-    }
-
-    _schedule(delay) {
-      clearTimeout(this._timer);
-      this._timer = setTimeout(() => this._poll(), delay);
-    }
-
-    async _poll() {
-      this._timer = null;
-      if (this.finished || this.transport !== "polling") return;
-      const ctl = typeof AbortController === "function" ? new AbortController() : null;
-      this._abort = ctl;
-      let res, body = null;
-      try {
-        res = await fetch(this.options.statusUrl, {
-          credentials: "same-origin", cache: "no-store",
-          headers: { Accept: "application/json" }, signal: ctl ? ctl.signal : undefined,
-        });
-        body = await res.json().catch(() => null);
-      } catch (e) {
-        res = null;
-      }
-      if (this._abort === ctl) this._abort = null;
-      if (this.transport !== "polling") return; // stopped meanwhile
-      if (!res) return this._trouble({ type: "network", message: "no response" });
-      const status = res.status;
-      const isDoc = !!body && typeof body === "object" && typeof body.state === "string";
-      if (isDoc && (res.ok || (status === 404 && body.state === "UNKNOWN"))) {
-        this._recovered();
-        this._handle(body);
-      } else if (res.ok || status >= 500 || status === 408 || status === 429) {
-        return this._trouble({ type: "http", status, message: res.statusText || "" });
-      } else {
-        return this._fatal(status, body);
-      }
-      if (this.transport === "polling" && !this._timer) this._schedule(this.options.pollInterval);
-    }
-
-    /** Network error or 5xx: back off; after N in a row show it, but never give up. */
-    _trouble(info) {
-      const o = this.options;
-      this._errors += 1;
-      this._delay = Math.min(this._delay * 2, o.maxPollInterval);
-      if (this._errors >= o.maxConsecutiveErrors) {
-        this._delay = o.maxPollInterval;
-        if (!this.connectionError) {
-          this.connectionError = Object.assign({ attempts: this._errors }, info);
-          this._render();
-          this._emit("error", [this.connectionError]);
-        }
-      }
-      this._schedule(this._delay);
-    }
-
-    _recovered() {
-      this._errors = 0;
-      this._delay = this.options.pollInterval;
-      if (this.connectionError) {
-        this.connectionError = null;
-        this._render();
-      }
-    }
-
-    /** A 4xx other than "job unknown": retrying would not help. */
-    _fatal(status, body) {
-      const message = errorText(body && body.error) || this.options.messages.requestError;
-      this._emit("error", [{ type: "http", status, message, final: true }]);
-      this._handle({
-        task_id: this.taskId, state: "ERROR", ready: true,
-        error: { type: "HTTP " + status, message },
-      });
-    }
-
-    _closeStream() {
-      if (!this._es) return;
-      this._es.close();
-      this._es = null;
-      streams.open -= 1;
-    }
-
-    _close() {
-      clearTimeout(this._timer);
-      this._closeStream();
-      this._timer = null;
-    }
-
-    // -- status documents --
-
-    _handle(doc) {
-      if (this.finished || !doc || typeof doc !== "object" || typeof doc.state !== "string") return;
-      if (doc.state === "UNKNOWN" && this._unknownSeen < this.options.unknownRetries) {
-        this._unknownSeen += 1; // maybe not recorded yet: ask again before saying so
-        if (this.transport === "events") this._startPolling(this.options.pollInterval);
-        return;
-      }
-      this.document = doc;
-      this.state = doc.state;
-      const final = doc.ready === true || FINAL.indexOf(doc.state) >= 0;
-      if (final) {
-        this.finished = true;
-        this.stop();
-      }
-      this._render();
-      this._emit("update", [doc]);
-      if (doc.state === "PROGRESS") this._emit("progress", [doc]);
-      if (!final) return;
-      if (doc.state === "SUCCESS") this._emit("success", [doc.result, doc]);
-      if (doc.state === "FAILURE") this._emit("failure", [doc.error || null, doc]);
-      this._emit("finish", [doc]);
-    }
-
-    _emit(type, args) {
-      const cb = this.options["on" + type.charAt(0).toUpperCase() + type.slice(1)];
-      if (typeof cb === "function") {
-        try { cb.apply(this, args.concat([this])); } catch (e) { console.error(e); }
-      }
-      const detail = { tracker: this, document: this.document, data: args[0] };
-      this.element.dispatchEvent(new CustomEvent("jobtastic:" + type, { bubbles: true, detail }));
-    }
-
-    // -- rendering: build the children once, then only update them --
-
-    _build() {
-      const root = this.element, o = this.options, bs = o.theme === "bootstrap";
-      const parts = ["placeholder", "bar", "footer", "error-id", "details"];
+    build(onCancel) {
+      const root = this.root, o = this.options, bs = this.bootstrap;
       for (const child of Array.from(root.children)) {
-        if (parts.some((p) => child.classList.contains("jobtastic-" + p))) child.remove();
+        if (BAR_PARTS.some((p) => child.classList.contains("jobtastic-" + p))) child.remove();
       }
       root.classList.remove("jobtastic-theme-plain", "jobtastic-theme-bootstrap");
       root.classList.add("jobtastic", "jobtastic-theme-" + (bs ? "bootstrap" : "plain"));
@@ -405,7 +587,7 @@
       ui.notice = h("span", "jobtastic-notice", { role: "alert" });
       const btn = bs ? " btn btn-sm btn-outline-secondary" : "";
       ui.cancel = h("button", "jobtastic-cancel" + btn, { type: "button" });
-      ui.cancel.addEventListener("click", () => this.cancel());
+      ui.cancel.addEventListener("click", onCancel);
       ui.footer.append(ui.text, ui.notice, ui.cancel);
       ui.errorId = h("div", "jobtastic-error-id");
       ui.details = h("div", "jobtastic-details");
@@ -417,133 +599,124 @@
       root.append(ui.bar, ui.footer, ui.errorId, ui.details);
     }
 
-    _render() {
-      const o = this.options, m = o.messages, ui = this.ui, root = this.element;
-      const doc = this.document || {}, state = this.state;
-      const pct = Math.min(100, Math.max(0, Number(doc.progress_percent) || 0));
-      const percent = Math.floor(pct);
-      let look = "busy", text = m.pending; // look: busy | value | success | danger | muted
-      if (state === "PROGRESS") {
-        const eta = doc.time_remaining == null ? -1 : Number(doc.time_remaining);
-        look = "value";
-        const left = stepsLeft(doc.steps); // progress counts items, not the steps after them
-        if (eta < 0 || pct <= 0) text = m.estimating;
-        else if (eta < 1 && left) {
-          text = fmt(left === 1 ? m.oneStepLeft : m.stepsLeft, { percent, n: left });
-        }
-        else if (eta < 1) text = fmt(m.almostDone, { percent });
-        else text = fmt(m.progress, { percent, remaining: o.formatDuration(eta, m) });
-      } else if (state === "SUCCESS") [look, text] = ["success", m.success];
-      else if (state === "FAILURE" || state === "ERROR") {
-        [look, text] = ["danger", errorText(doc.error) || m.failure];
-      } else if (state === "REVOKED") [look, text] = ["muted", m.revoked];
-      else if (state === "UNKNOWN") [look, text] = ["muted", m.unknown];
-      else if (state === "RETRY") text = m.retry;
-      else if (state === "STARTED") text = m.started;
-      const cancelling = this.cancelPending;
-      if (cancelling) text = m.cancelling;
-      if (this.connectionError && !this.finished) text = m.networkError;
+    render(model) {
+      const shown = describe(model, this.options), doc = model.document || {};
+      this.renderClasses(model, shown.look);
+      this.renderBar(shown);
+      this.renderFooter(model, shown.text);
+      this.renderDetails(doc);
+    }
 
+    renderClasses(model, look) {
+      const root = this.root, state = model.state;
       for (const c of Array.from(root.classList)) {
         if (c.indexOf("jobtastic-state-") === 0) root.classList.remove(c);
       }
       root.classList.add("jobtastic-state-" + state.toLowerCase().replace(/[^a-z0-9_-]/g, ""));
       root.classList.toggle("jobtastic-indeterminate", look === "busy");
-      root.classList.toggle("jobtastic-finished", this.finished);
-      root.classList.toggle("jobtastic-connection-error", !!this.connectionError);
-      root.classList.toggle("jobtastic-cancelling", cancelling);
+      root.classList.toggle("jobtastic-finished", model.finished);
+      root.classList.toggle("jobtastic-connection-error", !!model.connectionError);
+      root.classList.toggle("jobtastic-cancelling", model.cancelPending);
+    }
 
-      const bar = ui.bar, bs = o.theme === "bootstrap";
+    renderBar({ look, text, pct, percent }) {
+      const bar = this.ui.bar, fill = this.ui.fill, bs = this.bootstrap;
       if (look === "busy") {
         bar.removeAttribute("aria-valuenow");
         bar.setAttribute("aria-busy", "true");
-        ui.fill.style.width = bs ? "100%" : ""; // the plain theme's CSS animates it
+        fill.style.width = bs ? "100%" : ""; // the plain theme's CSS animates it
       } else {
         bar.removeAttribute("aria-busy");
         if (look === "value" || look === "success") {
           bar.setAttribute("aria-valuenow", String(look === "success" ? 100 : percent));
         } else bar.removeAttribute("aria-valuenow");
-        ui.fill.style.width = (look === "value" ? pct : 100) + "%";
+        fill.style.width = (look === "value" ? pct : 100) + "%";
       }
       bar.setAttribute("aria-valuetext", text);
       if (bs) {
-        const color = { success: " bg-success", danger: " bg-danger", muted: " bg-secondary" };
-        ui.fill.className = "jobtastic-fill progress-bar" + (color[look] || "") +
+        fill.className = "jobtastic-fill progress-bar" + (BOOTSTRAP_COLORS[look] || "") +
           (look === "busy" ? " progress-bar-striped progress-bar-animated" : "");
       }
+    }
 
+    renderFooter(model, text) {
+      const ui = this.ui, m = this.options.messages;
       setText(ui.text, text);
-      setText(ui.notice, this._notice);
-      show(ui.notice, !!this._notice && !this.finished);
+      setText(ui.notice, model.notice);
+      show(ui.notice, !!model.notice && !model.finished);
       // The error id once: the generic message already quotes it.
-      const errId = state === "FAILURE" && doc.error && doc.error.error_id;
-      const quoted = !!errId && text.indexOf(String(errId)) >= 0;
-      setText(ui.errorId, errId && !quoted ? fmt(m.errorId, { id: errId }) : "");
-      show(ui.errorId, !!errId && !quoted);
-      show(ui.cancel, !!o.cancelButton && !this.finished);
-      ui.cancel.disabled = cancelling;
+      const errId = errorIdText(model.state, model.document, text, m);
+      setText(ui.errorId, errId);
+      show(ui.errorId, !!errId);
+      show(ui.cancel, !!this.options.cancelButton && !model.finished);
+      ui.cancel.disabled = model.cancelPending;
       setText(ui.cancel, m.cancel);
+    }
 
-      // Optional richer fields: steps, their summary, counts and a message log.
+    /** Optional richer fields: steps, their summary, counts and a message log. */
+    renderDetails(doc) {
+      const ui = this.ui, m = this.options.messages;
       const steps = Array.isArray(doc.steps) ? doc.steps : [];
       const log = Array.isArray(doc.messages) ? doc.messages : [];
       const c = doc.counts && typeof doc.counts === "object" ? doc.counts : null;
       setText(ui.summary, typeof doc.steps_summary === "string" ? doc.steps_summary : "");
-      setText(ui.counts, c && fmt(m.counts, {
-        amount: c.amount || 0, success: c.success || 0,
-        failure: c.failure || 0, pending: c.pending || 0,
-      }));
+      setText(ui.counts, countsText(c, m));
       show(ui.summary, !!ui.summary.textContent);
       show(ui.counts, !!c);
-      this._renderSteps(steps);
-      this._renderLog(log);
+      this.renderSteps(steps);
+      this.renderLog(log);
       show(ui.details, !!(steps.length || log.length || c || ui.summary.textContent));
     }
 
-    _renderSteps(steps) {
-      const list = this.ui.steps, m = this.options.messages, next = new Map();
+    renderSteps(steps) {
+      const list = this.ui.steps, next = new Map();
       steps.forEach((step, i) => {
         if (!step || typeof step !== "object") return;
         let key = String(step.key != null ? step.key : "#" + i);
         while (next.has(key)) key += "~"; // duplicate keys still get a row each
-        let li = this._stepEls.get(key);
-        if (!li) {
-          li = h("li", "jobtastic-step");
-          li.append(h("span", "jobtastic-step-marker", { "aria-hidden": "true" }),
-            h("span", "jobtastic-step-state jobtastic-sr-only"), h("span", "jobtastic-step-name"),
-            h("span", "jobtastic-step-duration"), h("span", "jobtastic-step-detail"),
-            h("span", "jobtastic-step-error"));
-        }
-        const state = STEP_STATES.indexOf(step.state) >= 0 ? step.state : "pending";
-        li.className = "jobtastic-step jobtastic-step-" + state;
-        li.setAttribute("data-step-key", key);
-        const depth = Math.max(0, Math.min(8, parseInt(step.depth, 10) || 0));
-        li.style.setProperty("--jobtastic-depth", String(depth));
-        const [, stateEl, name, duration, detail, error] = li.children;
-        setText(stateEl, m["step" + state.charAt(0).toUpperCase() + state.slice(1)] + ": ");
-        setText(name, step.name != null ? step.name : key);
-        const d = step.duration == null ? NaN : Number(step.duration);
-        setText(duration, isNaN(d) ? "" : d < 10
-          ? fmt(m.seconds, { n: d.toFixed(1) }) : this.options.formatDuration(d, m));
-        setText(detail, step.detail || "");
-        const err = step.error ? [step.error.type, errorText(step.error)] : [];
-        setText(error, err.filter(Boolean).join(": "));
-        for (const el of [duration, detail, error]) show(el, !!el.textContent);
+        const li = this.stepEls.get(key) || this.stepRow();
+        this.renderStep(li, key, step);
         const here = list.children[next.size] || null;
         if (here !== li) list.insertBefore(li, here);
         next.set(key, li);
       });
       const kept = new Set(next.values());
-      this._stepEls.forEach((li) => kept.has(li) || li.remove());
-      this._stepEls = next;
+      this.stepEls.forEach((li) => kept.has(li) || li.remove());
+      this.stepEls = next;
       show(list, next.size > 0);
     }
 
-    _renderLog(entries) {
+    stepRow() {
+      const li = h("li", "jobtastic-step");
+      li.append(h("span", "jobtastic-step-marker", { "aria-hidden": "true" }),
+        h("span", "jobtastic-step-state jobtastic-sr-only"), h("span", "jobtastic-step-name"),
+        h("span", "jobtastic-step-duration"), h("span", "jobtastic-step-detail"),
+        h("span", "jobtastic-step-error"));
+      return li;
+    }
+
+    renderStep(li, key, step) {
+      const m = this.options.messages;
+      const state = STEP_STATES.indexOf(step.state) >= 0 ? step.state : "pending";
+      li.className = "jobtastic-step jobtastic-step-" + state;
+      li.setAttribute("data-step-key", key);
+      const depth = Math.max(0, Math.min(8, parseInt(step.depth, 10) || 0));
+      li.style.setProperty("--jobtastic-depth", String(depth));
+      const [, stateEl, name, duration, detail, error] = li.children;
+      setText(stateEl, m["step" + state.charAt(0).toUpperCase() + state.slice(1)] + ": ");
+      setText(name, step.name != null ? step.name : key);
+      setText(duration, stepDuration(step.duration, this.options));
+      setText(detail, step.detail || "");
+      const err = step.error ? [step.error.type, errorText(step.error)] : [];
+      setText(error, err.filter(Boolean).join(": "));
+      for (const el of [duration, detail, error]) show(el, !!el.textContent);
+    }
+
+    renderLog(entries) {
       const list = this.ui.log, last = entries[entries.length - 1] || {};
       const key = entries.length + "|" + last.time + "|" + last.message;
-      if (key === this._logKey) return;
-      this._logKey = key;
+      if (key === this.logKey) return;
+      this.logKey = key;
       const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
       list.textContent = "";
       for (const entry of entries) {
@@ -559,6 +732,53 @@
       }
       show(list, entries.length > 0);
       if (atBottom) list.scrollTop = list.scrollHeight;
+    }
+  }
+
+  // ---- the tracker: one element, its view, its state machine and their transports -------
+
+  class Tracker {
+    constructor(element, options) {
+      const o = trackerOptions(settings, readData(element), options);
+      Object.assign(this, { element, options: o, taskId: String(o.taskId) });
+      this.view = new BarView(element, o, () => this.cancel());
+      this.machine = new StateMachine(o, {
+        view: this.view,
+        emit: (type, args) => this._emit(type, args),
+        sendCancel: postCancel,
+        poller: (listener) => new Poller(o.statusUrl, o.pollInterval, listener),
+        stream: (listener) => new Stream(o.eventsUrl, o.maxStreams, listener),
+      });
+      this.machine.start();
+    }
+
+    get state() { return this.machine.state; }
+    get document() { return this.machine.document; } // the last status document
+    get transport() { return this.machine.transport; } // "events" | "polling" | null
+    get connectionError() { return this.machine.connectionError; }
+    get finished() { return this.machine.finished; }
+    get ui() { return this.view.ui; }
+
+    /** Whether a cancel waits for the worker: asked here, or said so by the server. */
+    get cancelPending() { return this.machine.cancelPending; }
+
+    /** Stop listening; the element keeps showing the last state. */
+    stop() {
+      this.machine.stop();
+    }
+
+    /** POST to cancelUrl; resolves true once the server took the cancel. */
+    cancel() {
+      return this.machine.cancel();
+    }
+
+    _emit(type, args) {
+      const cb = this.options["on" + type.charAt(0).toUpperCase() + type.slice(1)];
+      if (typeof cb === "function") {
+        try { cb.apply(this, args.concat([this])); } catch (e) { console.error(e); }
+      }
+      const detail = { tracker: this, document: this.document, data: args[0] };
+      this.element.dispatchEvent(new CustomEvent("jobtastic:" + type, { bubbles: true, detail }));
     }
   }
 
@@ -613,15 +833,18 @@
 
   // ---- the "my jobs" list (templates/jobtastic/jobs.html) ------------------------------
 
-  const JOB_LABELS = {
-    queued: "Queued", running: "Running", succeeded: "Done", failed: "Failed",
-    revoked: "Cancelled", retrying: "Retrying", cancelling: "Cancelling…",
-  };
   const JOB_FINISHED = ["succeeded", "failed", "revoked"];
+  /** section -> ids dismissed on this page: seen jobs stay listed a while (seen_ttl). */
+  const dismissedJobs = new WeakMap();
   /** A bar's document state as a job-list state. */
   const DOC_JOB_STATES = {
     PENDING: "queued", STARTED: "running", PROGRESS: "running", RETRY: "retrying",
     SUCCESS: "succeeded", FAILURE: "failed", REVOKED: "revoked",
+  };
+  /** A job-list state's label in `messages`. */
+  const JOB_LABELS = {
+    queued: "jobQueued", running: "jobRunning", succeeded: "jobSucceeded", failed: "jobFailed",
+    revoked: "jobRevoked", retrying: "jobRetrying", cancelling: "jobCancelling",
   };
 
   /** The state a list item shows: its bar's, which is live, unless the record knows more. */
@@ -633,47 +856,72 @@
     return known || live || "queued";
   }
 
+  /** "Report · Running": a list item's title; a state without a label shows as it is. */
+  function jobTitle(name, state, m) {
+    const label = JOB_LABELS.hasOwnProperty(state) ? m[JOB_LABELS[state]] : state;
+    return fmt(m.jobTitle, { name, state: label });
+  }
+
   /**
-   * Keep a `.jobtastic-jobs` list in step with GET <prefix>/jobs; one bar per job. Each
+   * Keeps a `.jobtastic-jobs` list in step with GET <prefix>/jobs; one bar per job. Each
    * title follows its bar live. While the list cannot be loaded (a 503 while Redis is
    * down, the network) it says so and retries with backoff, honouring Retry-After.
-   * Watching a section again replaces the previous watcher (options: interval, maxInterval).
    */
-  function watchJobs(section, options) {
-    section = resolve(section);
-    if (section.__jobtasticJobs) {
-      if (!options) return section.__jobtasticJobs;
-      section.__jobtasticJobs.stop();
+  class JobsList {
+    constructor(section, opts) {
+      this.section = section;
+      this.opts = opts;
+      this.url = jobsUrl(section.getAttribute("data-jobtastic-jobs-url"), settings.urlPrefix);
+      this.seenTemplate = section.getAttribute("data-jobtastic-seen-url") || "";
+      this.list = section.querySelector(".jobtastic-jobs-list");
+      this.empty = section.querySelector(".jobtastic-jobs-empty");
+      this.note = section.querySelector(".jobtastic-jobs-status") || this.addNote();
+      this.records = new Map(); // id -> the last record the server sent
+      if (!dismissedJobs.has(section)) dismissedJobs.set(section, new Set());
+      this.dismissed = dismissedJobs.get(section); // shared by a section's watchers
+      Object.assign(this, { timer: null, stopped: false, delay: opts.interval, failures: 0 });
+      this.refresh = this.refresh.bind(this);
+      this.onUpdate = (event) => {
+        const item = event.target.closest && event.target.closest("li.jobtastic-job");
+        if (item && item.parentNode === this.list) this.update(item);
+      };
     }
-    const opts = Object.assign({ interval: 3000, maxInterval: 30000 }, options);
-    const url = section.getAttribute("data-jobtastic-jobs-url") || settings.urlPrefix + "/jobs";
-    const seenTemplate = section.getAttribute("data-jobtastic-seen-url") || "";
-    const list = section.querySelector(".jobtastic-jobs-list");
-    const empty = section.querySelector(".jobtastic-jobs-empty");
-    let note = section.querySelector(".jobtastic-jobs-status");
-    if (!note) {
-      note = h("p", "jobtastic-jobs-status", { role: "status" });
-      note.hidden = true;
-      list.after(note);
-    }
-    const records = new Map(); // id -> the last record the server sent
-    const dismissed = new Set(); // seen jobs stay listed a while (seen_ttl), not on this page
-    let timer = null, stopped = false, delay = opts.interval, failures = 0;
 
-    function itemFor(job) {
-      let item = list.querySelector('[data-job-id="' + CSS.escape(job.id) + '"]');
+    start() {
+      this.section.addEventListener("jobtastic:update", this.onUpdate);
+      this.list.querySelectorAll("li.jobtastic-job").forEach((item) => this.update(item));
+      this.refresh();
+    }
+
+    stop() {
+      this.stopped = true;
+      clearTimeout(this.timer);
+      this.section.removeEventListener("jobtastic:update", this.onUpdate);
+      delete this.section.__jobtasticJobs;
+    }
+
+    addNote() {
+      const note = h("p", "jobtastic-jobs-status", { role: "status" });
+      note.hidden = true;
+      this.list.after(note);
+      return note;
+    }
+
+    itemFor(job) {
+      let item = this.list.querySelector('[data-job-id="' + CSS.escape(job.id) + '"]');
       if (!item) {
         item = h("li", "jobtastic-job", { "data-job-id": job.id });
         const bar = h("div", "jobtastic", { "data-jobtastic-task-id": job.id });
         item.append(h("div", "jobtastic-job-title"), bar);
-        list.prepend(item);
+        this.list.prepend(item);
         track(bar, { taskId: job.id });
       }
       return item;
     }
 
-    function update(item) {
-      const id = item.getAttribute("data-job-id"), record = records.get(id);
+    update(item) {
+      const m = settings.messages;
+      const id = item.getAttribute("data-job-id"), record = this.records.get(id);
       const bar = item.querySelector(".jobtastic");
       const title = item.querySelector(".jobtastic-job-title");
       if (!title) return;
@@ -681,93 +929,99 @@
       const name = record ? record.description || record.task_name : item.dataset.jobTitle;
       const state = jobState(record, bar && trackers.get(bar));
       item.className = "jobtastic-job jobtastic-job-" + state;
-      setText(title, name + " · " + (JOB_LABELS[state] || state));
+      setText(title, jobTitle(name, state, m));
       const finished = JOB_FINISHED.indexOf(state) >= 0 && !(record && record.seen);
       let dismiss = item.querySelector(".jobtastic-job-dismiss");
-      if (finished && seenTemplate && !dismiss) {
+      if (finished && this.seenTemplate && !dismiss) {
         dismiss = h("button", "jobtastic-job-dismiss", { type: "button" });
-        dismiss.textContent = "Dismiss";
-        dismiss.addEventListener("click", () => markSeen(item, dismiss));
+        // through the section's watcher then: watchJobs may have replaced this one
+        const watcher = () => this.section.__jobtasticJobs || this;
+        dismiss.addEventListener("click", () => watcher().markSeen(item, dismiss));
         item.append(dismiss);
       }
+      if (dismiss) setText(dismiss, m.dismiss);
     }
 
-    async function markSeen(item, button) {
+    async markSeen(item, button) {
       const id = item.getAttribute("data-job-id");
       button.disabled = true;
       let res = null;
       try {
-        res = await fetch(seenTemplate.replace("00000000-0000-0000-0000-000000000000", id), {
+        res = await fetch(seenUrl(this.seenTemplate, id), {
           method: "POST", credentials: "same-origin",
           headers: { "X-Requested-With": "jobtastic", Accept: "application/json" },
         });
       } catch (e) { /* res stays null: keep the job, let the user try again */ }
       if (res && (res.ok || res.status === 404)) {
-        dismissed.add(id);
-        records.delete(id);
+        this.dismissed.add(id);
+        this.records.delete(id);
         item.remove();
-        if (empty) empty.hidden = list.children.length > 0;
-        refresh();
+        if (this.empty) this.empty.hidden = this.list.children.length > 0;
+        this.refresh();
       } else button.disabled = false;
     }
 
-    function render(jobs) {
-      jobs = jobs.filter((job) => job && !dismissed.has(job.id));
-      records.clear();
-      for (const job of jobs) records.set(job.id, job);
-      for (const item of Array.from(list.children)) {
-        if (!records.has(item.getAttribute("data-job-id"))) item.remove();
+    render(jobs) {
+      jobs = jobs.filter((job) => job && !this.dismissed.has(job.id));
+      this.records.clear();
+      for (const job of jobs) this.records.set(job.id, job);
+      for (const item of Array.from(this.list.children)) {
+        if (!this.records.has(item.getAttribute("data-job-id"))) item.remove();
       }
-      for (const job of jobs.slice().reverse()) update(itemFor(job));
-      if (empty) empty.hidden = jobs.length > 0;
+      for (const job of jobs.slice().reverse()) this.update(this.itemFor(job));
+      if (this.empty) this.empty.hidden = jobs.length > 0;
     }
 
-    const onUpdate = (event) => {
-      const item = event.target.closest && event.target.closest("li.jobtastic-job");
-      if (item && item.parentNode === list) update(item);
-    };
-    section.addEventListener("jobtastic:update", onUpdate);
-
-    async function refresh() {
-      clearTimeout(timer);
-      let wait = opts.interval;
+    async refresh() {
+      clearTimeout(this.timer);
+      let wait = this.opts.interval;
       try {
-        const res = await fetch(url, {
-          credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" },
-        });
-        const body = res.ok ? await res.json() : null;
-        if (!body || !Array.isArray(body.jobs)) {
-          const retryAfter = Number(res.headers.get("Retry-After")) * 1000 || 0;
-          throw Object.assign(new Error("HTTP " + res.status), { retryAfter });
-        }
-        render(body.jobs);
-        failures = 0;
-        delay = opts.interval;
-        setText(note, "");
+        this.render(await this.load());
+        this.failures = 0;
+        this.delay = this.opts.interval;
+        setText(this.note, "");
       } catch (e) {
-        failures += 1;
-        delay = Math.min(opts.maxInterval, Math.max(delay * 2, (e && e.retryAfter) || 0));
-        wait = delay;
-        setText(note, settings.messages.jobsUnavailable);
+        this.failures += 1;
+        const retryAfter = (e && e.retryAfter) || 0;
+        this.delay = Math.min(this.opts.maxInterval, Math.max(this.delay * 2, retryAfter));
+        wait = this.delay;
+        setText(this.note, settings.messages.jobsUnavailable);
       }
-      note.hidden = !note.textContent;
-      if (!stopped) timer = setTimeout(refresh, wait);
+      this.note.hidden = !this.note.textContent;
+      if (!this.stopped) this.timer = setTimeout(this.refresh, wait);
     }
 
-    section.__jobtasticJobs = {
-      refresh,
-      stop() {
-        stopped = true;
-        clearTimeout(timer);
-        section.removeEventListener("jobtastic:update", onUpdate);
-        delete section.__jobtasticJobs;
-      },
-      get failures() { return failures; },
-      get delay() { return delay; },
-    };
-    list.querySelectorAll("li.jobtastic-job").forEach(update); // rendered by the server
-    refresh();
-    return section.__jobtasticJobs;
+    /** The jobs the server lists; throws (with retryAfter, ms) when it can't. */
+    async load() {
+      const res = await fetch(this.url, {
+        credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" },
+      });
+      const body = res.ok ? await res.json() : null;
+      if (!body || !Array.isArray(body.jobs)) {
+        const retryAfter = Number(res.headers.get("Retry-After")) * 1000 || 0;
+        throw Object.assign(new Error("HTTP " + res.status), { retryAfter });
+      }
+      return body.jobs;
+    }
+  }
+
+  /**
+   * Watch a jobs list (options: interval, maxInterval). Watching a section again returns
+   * its watcher, or with options replaces it. The watcher has refresh(), stop(),
+   * failures and delay.
+   */
+  function watchJobs(section, options) {
+    section = resolve(section);
+    const current = section.__jobtasticJobs;
+    if (current) {
+      if (!options) return current;
+      current.stop();
+    }
+    const opts = Object.assign({ interval: 3000, maxInterval: 30000 }, options);
+    const jobs = new JobsList(section, opts);
+    section.__jobtasticJobs = jobs;
+    jobs.start();
+    return jobs;
   }
 
   const Jobtastic = {
@@ -775,8 +1029,6 @@
     watchJobs,
     get: (target) => trackers.get(resolve(target)) || null,
   };
-  window.Jobtastic = Jobtastic;
-  registerJQuery();
 
   function autoInit() {
     registerJQuery();
@@ -784,6 +1036,20 @@
     scan(document);
     document.querySelectorAll(".jobtastic-jobs").forEach((section) => watchJobs(section));
   }
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", autoInit);
-  else setTimeout(autoInit, 0);
-})(window, document);
+
+  if (window && document) {
+    window.Jobtastic = Jobtastic;
+    registerJQuery();
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", autoInit);
+    else setTimeout(autoInit, 0);
+  }
+
+  // Node (`require("static/jobtastic.js")`, for tests/js/): the parts that need no DOM.
+  if (typeof module === "object" && module.exports) {
+    module.exports = {
+      settings, fmt, formatDuration, stepsLeft, errorText, progressText, describe, errorIdText,
+      stepDuration, countsText, deriveUrl, endpoints, trackerOptions, readData, jobsUrl,
+      seenUrl, classifyAnswer, Poller, Stream, streams, StateMachine, jobState, jobTitle,
+    };
+  }
+})(typeof window === "object" ? window : null, typeof document === "object" ? document : null);

@@ -961,6 +961,44 @@ def test_job_list_titles_follow_their_bars_and_finished_jobs_can_be_dismissed(
     assert listed[failed]["seen"] is True
 
 
+def test_a_job_dismissed_after_the_list_is_watched_again_stays_dismissed(
+    new_page: NewPage, widget_server: GunicornServer, token: str
+) -> None:
+    page = new_page(base_url=widget_server.url, user=f"ines-{token[:8]}")
+    failed = start_job(page, "tracked", {"token": token + "f", "seconds": 0.1, "fail": True})
+    page.goto("/page")
+    item = page.locator(f'li.jobtastic-job[data-job-id="{failed}"]')
+    # The Dismiss button of the watcher started on page load ...
+    expect(item.locator(".jobtastic-job-dismiss")).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    page.evaluate("Jobtastic.watchJobs('.jobtastic-jobs', {interval: 600000})")
+    item.locator(".jobtastic-job-dismiss").click()  # ... works for the watcher after it
+    expect(item).to_have_count(0)
+    page.evaluate("document.querySelector('.jobtastic-jobs').__jobtasticJobs.refresh()")
+    page.wait_for_timeout(1000)
+    expect(item).to_have_count(0)
+
+
+def test_job_list_strings_come_from_messages(
+    new_page: NewPage, widget_server: GunicornServer, token: str
+) -> None:
+    page = new_page(base_url=widget_server.url, user=f"jonas-{token[:8]}")
+    failed = start_job(page, "tracked", {"token": token + "f", "seconds": 0.3, "fail": True})
+    page.goto("/page")
+    page.evaluate(
+        """() => {
+          Jobtastic.configure({messages: {
+            jobTitle: "{state}: {name}", jobFailed: "Fehlgeschlagen", dismiss: "Ausblenden",
+          }});
+          Jobtastic.watchJobs('.jobtastic-jobs', {interval: 600000});
+        }"""
+    )
+    item = page.locator(f'li.jobtastic-job[data-job-id="{failed}"]')
+    expect(item.locator(".jobtastic-job-title")).to_have_text(
+        "Fehlgeschlagen: A tracked test job", timeout=JOB_TIMEOUT_MS
+    )
+    expect(item.locator(".jobtastic-job-dismiss")).to_have_text("Ausblenden")
+
+
 def test_job_list_retries_while_redis_is_down_and_recovers(new_page: NewPage, token: str) -> None:
     """The quick start's one Redis (broker and results) goes down under a live page."""
     with RedisServer() as redis_server:
