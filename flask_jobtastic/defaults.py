@@ -76,6 +76,11 @@ EMBEDDED_WORKER: bool | None = None
 #: Threads of the embedded worker.
 EMBEDDED_WORKER_CONCURRENCY = 4
 
+#: Run every job in the process that sends it, at once, its progress and
+#: result stored as a worker would (Celery's ``task_always_eager``, with the
+#: results kept). ``None`` means "when ``app.testing`` is on", as flask-rq does.
+RUN_SYNCHRONOUSLY: bool | None = None
+
 #: Celery settings used when ``app.config["CELERY"]`` is missing: an in-memory
 #: broker and result store, good for a demo or tests in one process.
 CELERY_EMBEDDED: dict[str, Any] = {

@@ -130,6 +130,27 @@ def _is_in_memory(celery: Celery) -> bool:
     return str(celery.conf.broker_url or "").startswith("memory://")
 
 
+def _run_synchronously(app: Flask, celery: Celery, setting: bool | None) -> bool:
+    """``JOBTASTIC_RUN_SYNCHRONOUSLY``, ``app.testing`` when unset: jobs run where sent.
+
+    Celery's ``task_always_eager`` runs a sent job through ``apply`` at once;
+    ``JobtasticTask.store_eager_result`` keeps its progress and result in the
+    result backend, so status documents read as after a worker's run.
+    """
+    synchronous = app.testing if setting is None else setting
+    if synchronous:
+        celery.conf.task_always_eager = True
+    return synchronous
+
+
+def _embedded(setting: bool | None, celery: Celery, synchronous: bool) -> bool:
+    """``JOBTASTIC_EMBEDDED_WORKER``; unset, on with the in-memory broker, unless jobs
+    run synchronously: then nothing is left for a worker to run."""
+    if setting is None:
+        return _is_in_memory(celery) and not synchronous
+    return setting
+
+
 def _init_cache(app: Flask, given: Cache | None) -> Cache:
     """The flask-caching ``Cache`` passed in, or one built from ``JOBTASTIC_CACHE``."""
     if given is not None:
@@ -216,9 +237,8 @@ class Jobtastic:
         cache = _init_cache(app, self._cache)
         backend = app.extensions["cache"][cache]
         check_cache(backend, celery)
-        embedded = settings.embedded_worker
-        if embedded is None:
-            embedded = _is_in_memory(celery)
+        synchronous = _run_synchronously(app, celery, settings.run_synchronously)
+        embedded = _embedded(settings.embedded_worker, celery, synchronous)
         state = JobtasticState(
             app=app,
             celery=celery,

@@ -36,6 +36,8 @@ class Settings:
     embedded_worker: bool | None
     embedded_concurrency: int
     allow_unowned: bool | None
+    #: None: decided by ``app.testing``.
+    run_synchronously: bool | None = None
 
 
 def setting_defaults() -> dict[str, Any]:
@@ -95,7 +97,15 @@ def read_settings(config: Mapping[str, Any]) -> Settings:
         embedded_worker=config["JOBTASTIC_EMBEDDED_WORKER"],
         embedded_concurrency=positive_int(config, "JOBTASTIC_EMBEDDED_WORKER_CONCURRENCY"),
         allow_unowned=config["JOBTASTIC_ALLOW_UNOWNED"],
+        run_synchronously=_optional_bool(config, "JOBTASTIC_RUN_SYNCHRONOUSLY"),
     )
+
+
+def _optional_bool(config: Mapping[str, Any], key: str) -> bool | None:
+    value = config[key]
+    if value is not None and not isinstance(value, bool):
+        raise ConfigurationError(f"{key} must be True, False or None, got {value!r}")
+    return value
 
 
 def _url_prefix(prefix: Any) -> str:
