@@ -20,6 +20,8 @@ def create_app(servers: Mapping[str, str] | None = None, **config: Any) -> Flask
     app = Flask("tests")
     app.config.update(
         TESTING=True,
+        # the suite runs jobs on real workers, not in the test process
+        JOBTASTIC_RUN_SYNCHRONOUSLY=False,
         CELERY={
             "broker_url": env["JOBTASTIC_TEST_BROKER_URL"],
             "result_backend": env["JOBTASTIC_TEST_BACKEND_URL"],
