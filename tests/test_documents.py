@@ -135,7 +135,9 @@ def test_served_contract_names_the_apps_prefix_and_batch_limit():
     assert served["paths"] == CONTRACT["paths"] | {"/status": served["paths"]["/status"]}
     ids = served["paths"]["/status"]["get"]["parameters"][0]["schema"]
     assert ids["maxItems"] == 7
-    assert served["components"]["schemas"]["BatchRequest"]["properties"]["task_ids"]["maxItems"] == 7
+    assert (
+        served["components"]["schemas"]["BatchRequest"]["properties"]["task_ids"]["maxItems"] == 7
+    )
     assert client.get("/jobtastic/openapi.json").status_code == 404
     mounted = client.get("/api/jobs/openapi.json", base_url="http://localhost/shop")
     assert mounted.get_json()["servers"][0]["url"] == "/shop/api/jobs"
