@@ -16,13 +16,22 @@ import json
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema_rs
 import pytest
 import redis
+import schemathesis
 from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import Failure, FailureGroup
+from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from flask_jobtastic import contract, results
 from flask_jobtastic.events import _unavailable_event
@@ -381,3 +390,111 @@ def test_the_event_that_ends_a_stream_on_an_outage():
     ((name, data),) = list(parse([_unavailable_event(task_id)]))
     schema = documented_schema("GET", "/events/{task_id}", 200, "text/event-stream")
     _check_event(schema, {"event": name, "data": json.dumps(data)})
+
+
+# -- schemathesis against the live app -------------------------------------------------
+
+#: Examples per operation and generation mode (valid, then invalid requests).
+MAX_EXAMPLES = 25
+#: A prefix of its own: the served contract must name it for any request to land.
+FUZZ_PREFIX = "/api/jobtastic"
+FUZZER = {"X-User": "fuzzer"}
+CHECKS = [not_a_server_error, response_schema_conformance]
+
+
+@dataclass
+class Tally:
+    """What schemathesis sent and what it found."""
+
+    examples: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    unsatisfiable: list[str] = field(default_factory=list)
+
+
+class _BufferedClient(FlaskClient):
+    """Reads each answer whole and closes it: schemathesis' WSGI transport leaves a
+    file-backed one (a static asset) open, a ResourceWarning at collection."""
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
+POSITIVE = schemathesis.GenerationMode.POSITIVE
+NEGATIVE = schemathesis.GenerationMode.NEGATIVE
+
+
+def _fuzz(operation: Any, tally: Tally, client: FlaskClient, kind: str, **given_: Any) -> None:
+    """``MAX_EXAMPLES`` generated requests to one operation, each answer checked.
+
+    ``kind`` is ``positive`` or ``negative`` (schemathesis' generation mode),
+    or ``known id``: valid requests about a job that exists.
+    """
+    mode = NEGATIVE if kind == "negative" else POSITIVE
+    label = f"{operation.label} [{kind}]"
+
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        derandomize=True,  # a fixed seed: the same requests on every run
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],  # failures are collected, never shrunk
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode, **given_))
+    def run(case: schemathesis.Case) -> None:
+        response = case.call(headers=FUZZER, session=client)
+        tally.examples[label] += 1
+        tally.statuses[response.status_code] += 1
+        try:
+            case.validate_response(response, checks=CHECKS, headers=FUZZER)
+        except (Failure, FailureGroup) as exc:
+            tally.failures.append(f"{label}: {exc}")
+
+    try:
+        run()
+    except Unsatisfiable:  # nothing of the request can be made invalid
+        assert mode == NEGATIVE, label
+        tally.unsatisfiable.append(label)
+
+
+@pytest.fixture
+def fuzzed_app(token: str) -> Iterator[tuple[Flask, str]]:
+    """The app under a prefix of its own, and a done job of the fuzzer's (another runs on)."""
+    built = create_app(owner_header="X-User", JOBTASTIC_URL_PREFIX=FUZZ_PREFIX)
+    try:
+        client = built.test_client()
+        done = send(built, TrackedTask, FUZZER, token=token, seconds=0.1)
+        send(built, TrackedTask, FUZZER, token=token + "r", seconds=3.0)
+        deadline = time.monotonic() + 20
+        while not client.get(f"{FUZZ_PREFIX}/status/{done}", headers=FUZZER).get_json()["ready"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield built, done
+    finally:
+        close_app(built)
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(fuzzed_app):
+    app, done = fuzzed_app
+    schema = schemathesis.openapi.from_wsgi(f"{FUZZ_PREFIX}/openapi.json", app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    described = {
+        f"{verb.upper()} {path}" for path, item in CONTRACT["paths"].items() for verb in item
+    }
+    # all but the one it was loaded from, which test_registry_off_... checks
+    assert {operation.label for operation in operations} == described - {"GET /openapi.json"}
+    tally = Tally()
+    client = _BufferedClient(app, app.response_class)
+    for operation in operations:
+        _fuzz(operation, tally, client, "positive")
+        _fuzz(operation, tally, client, "negative")
+        if "{task_id}" in operation.path:
+            _fuzz(operation, tally, client, "known id", path_parameters={"task_id": done})
+    print(f"\nschemathesis: {len(operations)} operations, {sum(tally.examples.values())} examples")
+    print(f"by status: {dict(sorted(tally.statuses.items()))}")
+    assert not tally.failures, "\n\n".join(tally.failures[:5])
+    assert tally.unsatisfiable == ["GET /jobs.html [negative]"]  # it takes no input at all
+    assert {200, 400, 404} <= set(tally.statuses)
+    assert len(tally.examples) == 2 * len(operations) - 1 + 4  # and 4 about a known id
