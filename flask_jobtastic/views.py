@@ -26,6 +26,7 @@ from werkzeug.routing import PathConverter
 
 from . import jsonsafe, lifecycle, results, states, streams
 from .assets import asset_dir
+from .contract import served_text
 from .events import event_stream
 from .reading import viewer_document
 from .registry import JobNotFinished
@@ -310,6 +311,13 @@ class TaskIdConverter(PathConverter):
     regex = r"[^/][\s\S]*?"
 
 
+def openapi() -> Any:
+    """``GET <prefix>/openapi.json``: the contract, its ``servers`` where this app serves it."""
+    state = _state()
+    text = served_text(state.url_prefix, request.script_root, state.batch_limit)
+    return current_app.response_class(text, mimetype="application/json")
+
+
 def create_blueprint() -> Blueprint:
     """A fresh blueprint per app, so each app may mount it at its own prefix."""
     blueprint = Blueprint(
@@ -328,4 +336,5 @@ def create_blueprint() -> Blueprint:
     blueprint.add_url_rule(
         "/jobs/<jobtastic_id:task_id>/seen", "mark_seen", mark_seen, methods=["POST"]
     )
+    blueprint.add_url_rule("/openapi.json", "openapi", openapi, methods=["GET"])
     return blueprint
