@@ -6,6 +6,7 @@ import json
 import os
 import time
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -239,3 +240,95 @@ def test_bad_id_lists_are_refused_like_the_batch_status(client):
     assert client.get("/jobtastic/events?ids=nope").status_code == 400
     many = ",".join(str(uuid.uuid4()) for _ in range(101))
     assert client.get(f"/jobtastic/events?ids={many}").status_code == 400
+
+
+# -- many viewers on one gevent web process ------------------------------------------
+
+
+def open_streams(url: str, paths: list[str], headers: dict[str, str]) -> list[Any]:
+    """Raw HTTP/1.1 connections, one per path, each reading its event stream."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    sockets = []
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    for path in paths:
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+        sockets.append(sock)
+    return sockets
+
+
+def read_all_until(sockets: list[Any], marker: bytes, timeout: float) -> list[bytes]:
+    """Everything each connection received until it carried ``marker`` (or time ran out)."""
+    import selectors
+
+    received = [b""] * len(sockets)
+    selector = selectors.DefaultSelector()
+    for index, sock in enumerate(sockets):
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, index)
+    pending = set(range(len(sockets)))
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=0.5):
+            index = key.data
+            try:
+                chunk = key.fileobj.recv(65536)
+            except BlockingIOError:
+                continue
+            received[index] += chunk
+            if marker in received[index] or not chunk:
+                pending.discard(index)
+                selector.unregister(key.fileobj)
+    selector.close()
+    return received
+
+
+def redis_connections(pids: list[int], port: int) -> int:
+    import psutil
+
+    return sum(
+        1
+        for pid in pids
+        for conn in psutil.Process(pid).net_connections(kind="tcp")
+        if conn.raddr and conn.raddr.port == port and conn.status == "ESTABLISHED"
+    )
+
+
+def test_a_gevent_web_process_serves_many_viewers_on_one_subscription(redis_server, token):
+    from tests.web_server import GunicornServer
+
+    server = GunicornServer(
+        f"gevent-{token[:8]}",
+        worker_class="gevent",
+        config={"JOBTASTIC_EVENTS_MAX_PER_PROCESS": 1000, "JOBTASTIC_EVENTS_MAX_PER_OWNER": 1000},
+    ).start()
+    sockets: list[Any] = []
+    try:
+        headers = {"X-User": f"viewer-{token[:8]}", "Content-Type": "application/json"}
+        import urllib.request
+
+        jobs = []
+        for n in range(4):
+            body = json.dumps({"token": f"{token}{n}", "seconds": 2.0, "steps": 8}).encode()
+            request = urllib.request.Request(
+                f"{server.url}/start/slow", data=body, headers=headers, method="POST"
+            )
+            jobs.append(json.load(urllib.request.urlopen(request, timeout=10))["task_id"])
+        redis_port = int(redis_server.url.rsplit(":", 1)[1].split("/")[0])
+        # the sends' own: the broker's producer pool, a request's result backend
+        before = redis_connections(server.worker_pids(), redis_port)
+        paths = [f"/jobtastic/events?ids={jobs[n % 4]}" for n in range(200)]
+        sockets = open_streams(server.url, paths, {"X-User": headers["X-User"]})
+        time.sleep(1.0)  # every stream open, the jobs running
+        held = redis_connections(server.worker_pids(), redis_port) - before
+        received = read_all_until(sockets, b"event: done", timeout=30)
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop()
+    finished = [r for r in received if b'"state":"SUCCESS"' in r and b"event: done" in r]
+    assert len(finished) == 200, server.log_text()  # every viewer saw its job end
+    assert sum(r.count(b'"state":"PROGRESS"') > 1 for r in received) >= 150  # pushed live
+    assert held <= 2, f"200 streams hold {held} Redis connections"  # pub/sub and a reader
