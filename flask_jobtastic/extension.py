@@ -126,6 +126,30 @@ def build_registry(config: Any, celery: Celery) -> Registry | None:
     return Registry(store, seen_ttl=seen_ttl, unseen_ttl=unseen_ttl)
 
 
+def _registry_on_backend_redis(config: Any, celery: Celery) -> bool:
+    """Whether ``JOBTASTIC_REGISTRY`` lives on the result backend's Redis server."""
+    backend_url = str(celery.conf.result_backend or "")
+    setting = config["JOBTASTIC_REGISTRY"]
+    if setting == "auto":
+        setting = backend_url
+    if not isinstance(setting, str) or not setting.startswith(_REDIS_URLS):
+        return False
+    if not backend_url.startswith(_REDIS_URLS):
+        return False
+    return _server_of(setting) == _server_of(backend_url)
+
+
+_REDIS_URLS = ("redis://", "rediss://", "unix://")
+
+
+def _server_of(url: str) -> tuple[Any, ...]:
+    """Where a Redis URL points, whatever its database (pub/sub ignores databases)."""
+    from redis.connection import parse_url
+
+    parts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    return (parts.get("host", "localhost"), parts.get("port", 6379), parts.get("path"))
+
+
 def _is_in_memory(celery: Celery) -> bool:
     return str(celery.conf.broker_url or "").startswith("memory://")
 
@@ -260,6 +284,7 @@ class Jobtastic:
                 EmbeddedWorker(celery, settings.embedded_concurrency) if embedded else None
             ),
             registry=build_registry(app.config, celery),
+            registry_on_backend_redis=_registry_on_backend_redis(app.config, celery),
             allow_unowned=settings.allow_unowned,
             extension=self,
         )

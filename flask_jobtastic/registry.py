@@ -16,6 +16,7 @@ lets a job's owner mark it seen.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -32,6 +33,8 @@ from flask_jobtastic.registry_store import (
     RegistryStore,
 )
 from flask_jobtastic.signals import task_changed
+
+logger = logging.getLogger("flask_jobtastic")
 
 
 class JobNotFinished(JobtasticError, ValueError):
@@ -78,6 +81,7 @@ class Registry:
         )
         self.store.save(record)
         task_changed.send(self, record=record, previous_state=None)
+        self._announce(record.owner, job_id)
         return record
 
     def record_state(
@@ -111,6 +115,7 @@ class Registry:
             self.store.save(record)
         if state != previous:
             task_changed.send(self, record=record, previous_state=previous)
+            self._announce(record.owner, job_id)
         return record
 
     def record_progress(self, job_id: str, progress: float) -> None:
@@ -129,7 +134,26 @@ class Registry:
 
     def forget(self, job_id: str) -> bool:
         """Drop a job from its owner's list for good (they left a run others share)."""
-        return self.store.delete(job_id)
+        record = self.store.get(job_id)
+        deleted = self.store.delete(job_id)
+        if record is not None:
+            self._announce(record.owner, job_id)
+        return deleted
+
+    def owner_channel(self, owner: str) -> str | None:
+        """The pub/sub channel that says an owner's list changed, if the store has one."""
+        channel = getattr(self.store, "owner_channel", None)
+        return channel(owner) if callable(channel) else None
+
+    def _announce(self, owner: str | None, job_id: str) -> None:
+        """Tell open "my jobs" streams that the owner's list changed (Redis stores)."""
+        announce = getattr(self.store, "announce", None)
+        if owner is None or not callable(announce):
+            return
+        try:
+            announce(owner, job_id)
+        except Exception:
+            logger.warning("Could not announce a change of job %s", job_id, exc_info=True)
 
     def jobs_of(
         self, owner: str, *, states: Iterable[str] | None = None, limit: int = 100
@@ -180,7 +204,8 @@ class Registry:
             record.seen = True
             record.seen_at = self.clock()
             self.store.save(record)
-            return record
+        self._announce(owner, job_id)
+        return record
 
     def cleanup(self) -> int:
         """Forget finished jobs: seen ones after ``seen_ttl``, unseen after ``unseen_ttl``."""

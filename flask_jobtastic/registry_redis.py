@@ -74,6 +74,13 @@ class RedisRegistryStore:
             pipe.expire(owner_key, self.record_ttl)
         pipe.execute()
 
+    def owner_channel(self, owner: str) -> str:
+        """Where changes to an owner's list are announced (see ``Registry._announce``)."""
+        return f"{self.prefix}changes:{owner}"
+
+    def announce(self, owner: str, job_id: str) -> None:
+        self.client.publish(self.owner_channel(owner), job_id)
+
     def get(self, job_id: str) -> JobRecord | None:
         return self._decode(self.client.hgetall(self.job_key(job_id)))
 

@@ -56,6 +56,9 @@ class JobtasticState:
     embedded_worker: EmbeddedWorker | None = None
     registry: Registry | None = None
     allow_unowned: bool | None = None
+    #: The registry is on the result backend's Redis server, so the event hub
+    #: hears its announcements on the pub/sub connection it already holds.
+    registry_on_backend_redis: bool = False
     extension: Jobtastic | None = None
 
     @property

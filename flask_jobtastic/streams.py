@@ -15,6 +15,7 @@ Requests without an owner are counted per client address.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -123,6 +124,10 @@ def _peer_closed(sock: Any) -> bool:
     as closed means the browser went away.
     """
     try:
+        # select first: gevent's recv waits for data even when told not to
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
         data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError, ValueError):
         return False  # nothing to read; ValueError: a TLS socket, which cannot peek

@@ -6,6 +6,7 @@ import json
 import os
 import time
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -28,6 +29,8 @@ def parse(chunks):
                 yield "comment", block
             elif block.startswith("retry:"):
                 yield "retry", block
+            elif block.startswith("id:"):
+                yield "id", block[len("id: ") :]
             else:
                 lines = dict(line.split(": ", 1) for line in block.splitlines())
                 yield lines.get("event", "message"), json.loads(lines["data"])
@@ -132,144 +135,200 @@ def test_foreign_messages_on_the_channel_give_strict_documents(client, redis_ser
         admin.close()
 
 
-# --- the stream's steps, on fakes: exact output and timing, no worker needed ---
+# -- several jobs on one stream, and the owner's jobs ------------------------------
 
 
-class FakeTime:
-    """``time`` as events.py sees it: a clock that only sleeps and waits move."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+def read_until(events, predicate, limit=200):
+    """Events up to and including the first that ``predicate`` accepts."""
+    seen = []
+    for name, payload in events:
+        seen.append((name, payload))
+        if predicate(name, payload) or len(seen) >= limit:
+            return seen
+    return seen
 
 
-class FakePubSub:
-    """Scripted messages, each after a wait; ``"boom"`` raises as a lost server would."""
-
-    def __init__(self, clock: FakeTime, script: list[tuple[float, object]]) -> None:
-        self.clock, self.script = clock, list(script)
-        self.subscribed: list[str] = []
-        self.closed = False
-
-    def subscribe(self, channel: str) -> None:
-        self.subscribed.append(channel)
-
-    def get_message(self, timeout: float) -> object:
-        waited, message = self.script.pop(0) if self.script else (timeout, None)
-        self.clock.now += min(waited, timeout)
-        if message == "boom":
-            raise ConnectionError("gone")
-        return message
-
-    def close(self) -> None:
-        self.closed = True
+@pytest.fixture
+def owned_app(make_app):
+    return make_app(owner_header="X-User")
 
 
-def doc(name: str, ready: bool = False) -> dict[str, object]:
-    return {"task_id": "t1", "state": name, "ready": ready}
+ALICE = {"X-User": "alice"}
 
 
-def run_stream(monkeypatch, reads, *, pubsub=None, heartbeat=1.0, max_seconds=10.0, limit=50):
-    """Every chunk the stream yields (at most ``limit``) with its fake time, and the reads.
-
-    ``reads`` are the documents read_job returns one after another (an
-    exception instance is raised instead); viewer_document passes them through.
-    """
-    from types import SimpleNamespace
-
-    from flask_jobtastic import events
-
-    clock = FakeTime() if pubsub is None else pubsub.clock
-    pending = list(reads)
-    done: list[float] = []
-
-    def read_job(backend, task_id):
-        done.append(clock.now)
-        value = pending.pop(0)
-        if isinstance(value, Exception):
-            raise value
-        return value
-
-    backend = SimpleNamespace(get_key_for_task=lambda task_id: f"celery-task-meta-{task_id}")
-    client = None if pubsub is None else SimpleNamespace(pubsub=lambda **kw: pubsub)
-    monkeypatch.setattr(events, "time", clock)
-    monkeypatch.setattr(events, "_redis_client", lambda b: client)
-    monkeypatch.setattr(events.results, "read_job", read_job)
-    monkeypatch.setattr(events, "viewer_document", lambda state, task_id, view: view)
-    state = SimpleNamespace(
-        celery=SimpleNamespace(backend=backend),
-        events_max_seconds=max_seconds,
-        events_heartbeat=heartbeat,
-        events_poll_interval=0.4,
+def test_one_stream_carries_several_jobs_each_event_naming_its_job(owned_app, token):
+    client = owned_app.test_client()
+    with owned_app.test_request_context(headers=ALICE):
+        quick = SlowProgressTask.delay_or_fail(token=token + "q", seconds=0.3, steps=3).id
+        slow = SlowProgressTask.delay_or_fail(token=token + "s", seconds=1.5, steps=6).id
+    with owned_app.test_request_context(headers={"X-User": "bob"}):
+        bobs = SlowProgressTask.delay_or_fail(token=token + "b", seconds=0.2, steps=2).id
+    response = client.get(
+        f"/jobtastic/events?ids={quick},{slow},{bobs}", headers=ALICE, buffered=False
     )
-    out = []
-    for chunk in events.event_stream(state, "t1"):
-        out.append((round(clock.now, 3), chunk.split("\n", 1)[0] + _state_of(chunk)))
-        if len(out) >= limit:
-            break
-    return out, [round(t, 3) for t in done]
+    assert response.status_code == 200
+    try:
+        events = list(parse(response.response))
+    finally:
+        response.close()
+    statuses = [payload for name, payload in events if name == "status"]
+    by_job: dict[str, list[str]] = {}
+    for document in statuses:
+        by_job.setdefault(document["task_id"], []).append(document["state"])
+    assert by_job[quick][-1] == "SUCCESS" and by_job[slow][-1] == "SUCCESS"
+    assert "PROGRESS" in by_job[slow]  # it streamed while running
+    assert by_job[bobs] == ["UNKNOWN"]  # bob's job reads as unknown to alice
+    assert events[-1][0] == "done"  # and the stream ends once every job is final
 
 
-def _state_of(chunk: str) -> str:
-    if "data: " not in chunk:
-        return ""
-    return " " + str(json.loads(chunk.split("data: ", 1)[1]).get("state", "-"))
+def test_a_reconnect_with_its_cursor_receives_only_what_changed(owned_app, token):
+    client = owned_app.test_client()
+    with owned_app.test_request_context(headers=ALICE):
+        done = SlowProgressTask.delay_or_fail(token=token + "d", seconds=0.1, steps=1)
+        done.get(timeout=15)
+        running = SlowProgressTask.delay_or_fail(token=token + "r", seconds=2.0, steps=4).id
+    url = f"/jobtastic/events?ids={done.id},{running}"
+    response = client.get(url, headers=ALICE, buffered=False)
+    try:
+        first = read_until(parse(response.response), lambda name, _: name == "id")
+    finally:
+        response.close()
+    cursor = first[-1][1]
+    assert any(name == "status" and p["task_id"] == done.id for name, p in first)
+    again = client.get(url, headers={**ALICE, "Last-Event-ID": cursor}, buffered=False)
+    try:
+        events = list(parse(again.response))
+    finally:
+        again.close()
+    resent = [p["task_id"] for name, p in events if name == "status"]
+    assert done.id not in resent  # the browser has it already
+    assert resent and set(resent) == {running}  # what changed is sent
+    assert events[-1][0] == "done"
 
 
-def test_polled_stream_sends_changes_and_a_heartbeat(monkeypatch):
-    reads = [doc("A"), doc("A"), doc("A"), doc("A"), doc("B", ready=True)]
-    out, done = run_stream(monkeypatch, reads)
-    assert out == [
-        (0.0, "retry: 2000"),
-        (0.0, "event: status A"),
-        (1.2, ": heartbeat"),
-        (1.6, "event: status B"),
-    ]
-    assert done == [0.0, 0.4, 0.8, 1.2, 1.6]
+def test_the_owner_stream_shows_jobs_started_later_and_their_removal(owned_app, token):
+    client = owned_app.test_client()
+    response = client.get("/jobtastic/events/jobs", headers=ALICE, buffered=False)
+    assert response.status_code == 200
+    events = parse(response.response)
+    try:
+        next(events)  # the retry hint
+        with owned_app.test_request_context(headers=ALICE):
+            from tests.tasks import TrackedTask
+
+            job = TrackedTask.delay_or_fail(token=token, seconds=0.5).id
+        added = read_until(events, lambda name, p: name == "job" and p["id"] == job)
+        assert added[-1][1]["state"] in ("queued", "running")
+        finished = read_until(
+            events, lambda name, p: name == "job" and p["id"] == job and p["finished"]
+        )
+        assert finished[-1][1]["state"] == "succeeded"
+        owned_app.extensions["jobtastic"].registry.forget(job)
+        removed = read_until(events, lambda name, p: name == "removed")
+        assert removed[-1][1] == {"task_id": job}
+    finally:
+        response.close()
 
 
-def test_polled_stream_ends_at_its_deadline(monkeypatch):
-    out, done = run_stream(monkeypatch, [doc("A")] * 10, max_seconds=1.0)
-    assert out == [(0.0, "retry: 2000"), (0.0, "event: status A"), (1.2, ": heartbeat")]
-    assert done == [0.0, 0.4, 0.8, 1.2]
+def test_the_owner_stream_needs_a_current_user(owned_app):
+    response = owned_app.test_client().get("/jobtastic/events/jobs")
+    assert response.status_code == 404 and response.is_json
 
 
-def test_pubsub_stream_reads_on_messages_and_rereads_at_heartbeat(monkeypatch):
-    clock = FakeTime()
-    pubsub = FakePubSub(clock, [(5, None), (0.5, {"type": "message"}), (5, {"type": "x"})])
-    reads = [doc("A"), doc("B"), doc("B"), doc("C", ready=True)]
-    out, done = run_stream(monkeypatch, reads, pubsub=pubsub, heartbeat=2.0)
-    assert out == [
-        (0.0, "retry: 2000"),
-        (0.0, "event: status A"),
-        (1.5, "event: status B"),
-        (3.5, ": heartbeat"),  # re-read at the heartbeat: nothing new
-        (5.5, "event: status C"),  # re-read at the next one: final
-    ]
-    assert done == [0.0, 1.5, 3.5, 5.5]
-    assert pubsub.subscribed == ["celery-task-meta-t1"] and pubsub.closed
+def test_bad_id_lists_are_refused_like_the_batch_status(client):
+    assert client.get("/jobtastic/events?ids=").status_code == 400
+    assert client.get("/jobtastic/events?ids=nope").status_code == 400
+    many = ",".join(str(uuid.uuid4()) for _ in range(101))
+    assert client.get(f"/jobtastic/events?ids={many}").status_code == 400
 
 
-def test_stream_says_unavailable_once_and_ends(monkeypatch):
-    unavailable = "event: unavailable -"
-    out, _ = run_stream(monkeypatch, [RuntimeError("down")])
-    assert [text for _, text in out] == ["retry: 2000", unavailable]
-    out, _ = run_stream(monkeypatch, [doc("A"), RuntimeError("down")])
-    assert [text for _, text in out] == ["retry: 2000", "event: status A", unavailable]
-    pubsub = FakePubSub(FakeTime(), [(0.5, "boom")])
-    out, _ = run_stream(monkeypatch, [doc("A")], pubsub=pubsub)
-    assert [text for _, text in out][-1] == unavailable and pubsub.closed
-    pubsub = FakePubSub(FakeTime(), [])
-    out, _ = run_stream(monkeypatch, [doc("A"), RuntimeError("down")], pubsub=pubsub)
-    assert out[-1] == (1.0, unavailable)  # the heartbeat re-read failed
+# -- many viewers on one gevent web process ------------------------------------------
 
 
-def test_stream_frees_its_pubsub_when_the_reader_leaves(monkeypatch):
-    pubsub = FakePubSub(FakeTime(), [])
-    out, _ = run_stream(monkeypatch, [doc("A")] * 5, pubsub=pubsub, limit=2)
-    assert len(out) == 2 and pubsub.closed
+def open_streams(url: str, paths: list[str], headers: dict[str, str]) -> list[Any]:
+    """Raw HTTP/1.1 connections, one per path, each reading its event stream."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    sockets = []
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    for path in paths:
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+        sockets.append(sock)
+    return sockets
+
+
+def read_all_until(sockets: list[Any], marker: bytes, timeout: float) -> list[bytes]:
+    """Everything each connection received until it carried ``marker`` (or time ran out)."""
+    import selectors
+
+    received = [b""] * len(sockets)
+    selector = selectors.DefaultSelector()
+    for index, sock in enumerate(sockets):
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, index)
+    pending = set(range(len(sockets)))
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=0.5):
+            index = key.data
+            try:
+                chunk = key.fileobj.recv(65536)
+            except BlockingIOError:
+                continue
+            received[index] += chunk
+            if marker in received[index] or not chunk:
+                pending.discard(index)
+                selector.unregister(key.fileobj)
+    selector.close()
+    return received
+
+
+def redis_connections(pids: list[int], port: int) -> int:
+    import psutil
+
+    return sum(
+        1
+        for pid in pids
+        for conn in psutil.Process(pid).net_connections(kind="tcp")
+        if conn.raddr and conn.raddr.port == port and conn.status == "ESTABLISHED"
+    )
+
+
+def test_a_gevent_web_process_serves_many_viewers_on_one_subscription(redis_server, token):
+    from tests.web_server import GunicornServer
+
+    server = GunicornServer(
+        f"gevent-{token[:8]}",
+        worker_class="gevent",
+        config={"JOBTASTIC_EVENTS_MAX_PER_PROCESS": 1000, "JOBTASTIC_EVENTS_MAX_PER_OWNER": 1000},
+    ).start()
+    sockets: list[Any] = []
+    try:
+        headers = {"X-User": f"viewer-{token[:8]}", "Content-Type": "application/json"}
+        import urllib.request
+
+        jobs = []
+        for n in range(4):
+            body = json.dumps({"token": f"{token}{n}", "seconds": 2.0, "steps": 8}).encode()
+            request = urllib.request.Request(
+                f"{server.url}/start/slow", data=body, headers=headers, method="POST"
+            )
+            jobs.append(json.load(urllib.request.urlopen(request, timeout=10))["task_id"])
+        redis_port = int(redis_server.url.rsplit(":", 1)[1].split("/")[0])
+        # the sends' own: the broker's producer pool, a request's result backend
+        before = redis_connections(server.worker_pids(), redis_port)
+        paths = [f"/jobtastic/events?ids={jobs[n % 4]}" for n in range(200)]
+        sockets = open_streams(server.url, paths, {"X-User": headers["X-User"]})
+        time.sleep(1.0)  # every stream open, the jobs running
+        held = redis_connections(server.worker_pids(), redis_port) - before
+        received = read_all_until(sockets, b"event: done", timeout=30)
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop()
+    finished = [r for r in received if b'"state":"SUCCESS"' in r and b"event: done" in r]
+    assert len(finished) == 200, server.log_text()  # every viewer saw its job end
+    assert sum(r.count(b'"state":"PROGRESS"') > 1 for r in received) >= 150  # pushed live
+    assert held <= 2, f"200 streams hold {held} Redis connections"  # pub/sub and a reader

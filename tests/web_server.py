@@ -1,4 +1,4 @@
-"""A real gunicorn (gthread, the README's web server) serving ``tests.widget_app``."""
+"""A real gunicorn (gthread, the README's web server, or gevent) serving ``tests.widget_app``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.servers import free_port
 
 
 class GunicornServer:
-    """``gunicorn -k gthread --threads N tests.widget_app:app`` on a free port.
+    """``gunicorn -k gthread --threads N tests.widget_app:app`` on a free port (or ``-k gevent``).
 
     ``config`` is added to the app's settings; ``env`` overrides environment
     variables (the servers the app talks to, for instance).
@@ -33,6 +33,7 @@ class GunicornServer:
         env: dict[str, str] | None = None,
         workers: int = 1,
         threads: int = 32,
+        worker_class: str = "gthread",
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -41,6 +42,7 @@ class GunicornServer:
         self.env = dict(env or {})
         self.workers = workers
         self.threads = threads
+        self.worker_class = worker_class
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> GunicornServer:
@@ -51,9 +53,10 @@ class GunicornServer:
             sys.executable,
             "-m",
             "gunicorn",
-            "--worker-class=gthread",
+            f"--worker-class={self.worker_class}",
             f"--workers={self.workers}",
             f"--threads={self.threads}",
+            "--worker-connections=10000",
             "--graceful-timeout=2",
             f"--bind=127.0.0.1:{self.port}",
             "tests.widget_app:app",
@@ -96,6 +99,13 @@ class GunicornServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
+
+    def worker_pids(self) -> list[int]:
+        """The web worker processes (gunicorn's master forks them)."""
+        import psutil
+
+        assert self.process is not None
+        return [child.pid for child in psutil.Process(self.process.pid).children()]
 
     def log_text(self) -> str:
         try:
