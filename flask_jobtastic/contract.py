@@ -28,6 +28,8 @@ FILENAME = "openapi.json"
 #: Where ``JOBTASTIC_BATCH_LIMIT`` bounds a list of ids in the description.
 _BATCH_LISTS = (
     ("paths", "/status", "get", "parameters", 0, "schema"),
+    ("paths", "/events", "get", "parameters", 0, "schema"),
+    ("paths", "/events/jobs", "get", "parameters", 0, "schema"),
     ("components", "schemas", "BatchRequest", "properties", "task_ids"),
 )
 

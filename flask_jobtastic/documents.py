@@ -155,6 +155,28 @@ class UnavailableEventData(TypedDict):
     error: ErrorDetail
 
 
+class NoticeEventData(TypedDict):
+    """``reconnecting``, ``resumed`` and ``done`` on the shared streams."""
+
+    state: Literal["reconnecting", "resumed", "done"]
+
+
+class RemovedEventData(TypedDict):
+    """A job that left the owner's list (``/events/jobs``)."""
+
+    task_id: str
+
+
+#: The data of each event name of ``GET <prefix>/events?ids=`` and ``/events/jobs``.
+SHARED_EVENT_DATA: dict[str, type[Any]] = {
+    "status": StatusDocument,
+    "reconnecting": NoticeEventData,
+    "resumed": NoticeEventData,
+    "done": NoticeEventData,
+    "job": JobRecord,
+    "removed": RemovedEventData,
+}
+
 #: The data of each event name of ``GET <prefix>/events/<task_id>``.
 EVENT_DATA: dict[str, type[Any]] = {
     "status": StatusDocument,
@@ -164,6 +186,9 @@ EVENT_DATA: dict[str, type[Any]] = {
 __all__ = [
     "CONTRACT_VERSION",
     "EVENT_DATA",
+    "SHARED_EVENT_DATA",
+    "NoticeEventData",
+    "RemovedEventData",
     "BatchDocument",
     "BatchRequest",
     "Counts",

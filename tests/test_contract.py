@@ -464,7 +464,10 @@ def _fuzz(operation: Any, tally: Tally, client: FlaskClient, kind: str, **given_
 @pytest.fixture
 def fuzzed_app(token: str) -> Iterator[tuple[Flask, str]]:
     """The app under a prefix of its own, and a done job of the fuzzer's (another runs on)."""
-    built = create_app(owner_header="X-User", JOBTASTIC_URL_PREFIX=FUZZ_PREFIX)
+    # streams end soon, so a fuzzed request to a live stream ends too
+    built = create_app(
+        owner_header="X-User", JOBTASTIC_URL_PREFIX=FUZZ_PREFIX, JOBTASTIC_EVENTS_MAX_SECONDS=0.3
+    )
     try:
         client = built.test_client()
         done = send(built, TrackedTask, FUZZER, token=token, seconds=0.1)

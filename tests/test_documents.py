@@ -35,10 +35,24 @@ TYPED = {
         "ErrorDetail",
         "ErrorDocument",
         "UnavailableEventData",
+        "NoticeEventData",
+        "RemovedEventData",
     )
 }
 #: Schemas that are views of another document, not documents of their own.
-NOT_TYPED = {"TaskId", "State", "JobState", "UnknownDocument", "StatusEvent", "UnavailableEvent"}
+NOT_TYPED = {
+    "TaskId",
+    "State",
+    "JobState",
+    "UnknownDocument",
+    "StatusEvent",
+    "UnavailableEvent",
+    "ReconnectingEvent",
+    "ResumedEvent",
+    "DoneEvent",
+    "JobEvent",
+    "RemovedEvent",
+}
 
 
 def test_the_contract_is_valid_openapi_3_1_with_its_version():
@@ -81,15 +95,24 @@ def test_enums_are_the_libraries_constants_and_the_literals():
     assert set(error_types) == _literal(documents.ErrorType)
 
 
-def test_each_event_name_has_its_data_schema():
-    events = CONTRACT["paths"]["/events/{task_id}"]["get"]["responses"]["200"]
+def _events_of(path: str) -> dict[str, str]:
+    events = CONTRACT["paths"][path]["get"]["responses"]["200"]
     one_of = events["content"]["text/event-stream"]["schema"]["oneOf"]
     described = {}
     for option in one_of:
         event = SCHEMAS[option["$ref"].rsplit("/", 1)[1]]["properties"]
         data = event["data"]["contentSchema"]["$ref"].rsplit("/", 1)[1]
         described[event["event"]["const"]] = data
-    assert described == {name: typed.__name__ for name, typed in documents.EVENT_DATA.items()}
+    return described
+
+
+def test_each_event_name_has_its_data_schema():
+    assert _events_of("/events/{task_id}") == {
+        name: typed.__name__ for name, typed in documents.EVENT_DATA.items()
+    }
+    shared = {name: typed.__name__ for name, typed in documents.SHARED_EVENT_DATA.items()}
+    assert _events_of("/events") == {k: v for k, v in shared.items() if k not in ("job", "removed")}
+    assert _events_of("/events/jobs") == {k: v for k, v in shared.items() if k != "done"}
 
 
 def _app(**config: object) -> Flask:
@@ -132,9 +155,11 @@ def test_served_contract_names_the_apps_prefix_and_batch_limit():
     assert response.status_code == 200 and response.mimetype == "application/json"
     served = response.get_json()
     assert served["servers"][0]["url"] == "/api/jobs"
-    assert served["paths"] == CONTRACT["paths"] | {"/status": served["paths"]["/status"]}
-    ids = served["paths"]["/status"]["get"]["parameters"][0]["schema"]
-    assert ids["maxItems"] == 7
+    batches = ("/status", "/events", "/events/jobs")
+    assert served["paths"] == CONTRACT["paths"] | {p: served["paths"][p] for p in batches}
+    for path in batches:
+        ids = served["paths"][path]["get"]["parameters"][0]["schema"]
+        assert ids["maxItems"] == 7, path
     assert (
         served["components"]["schemas"]["BatchRequest"]["properties"]["task_ids"]["maxItems"] == 7
     )
