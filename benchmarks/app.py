@@ -34,6 +34,11 @@ def create_app() -> Flask:
             "CACHE_MEMCACHED_SERVERS": [os.environ["BENCH_MEMCACHED"]],
         },
     )
+    if os.environ.get("BENCH_EVENTS_MAX"):  # P8's thousands of streams on one process
+        bound = int(os.environ["BENCH_EVENTS_MAX"])
+        app.config.update(
+            JOBTASTIC_EVENTS_MAX_PER_PROCESS=bound, JOBTASTIC_EVENTS_MAX_PER_OWNER=bound
+        )
     Jobtastic(app)
     import benchmarks.tasks  # noqa: F401  registers the jobtastic jobs
 

@@ -26,6 +26,7 @@ from . import (
     p5_end_to_end,
     p6_herd,
     p7_events,
+    p8_push,
 )
 from .env import BenchEnv
 from .report import BenchResult, console_table, markdown
@@ -44,6 +45,7 @@ BENCHMARKS: dict[str, tuple[str, Runner]] = {
     "P5": ("end-to-end time per small job", p5_end_to_end.run),
     "P6": ("200 concurrent identical calls", p6_herd.run),
     "P7": ("event stream vs polling latency", p7_events.run),
+    "P8": ("many viewers on one gevent web process", p8_push.run),
 }
 
 
