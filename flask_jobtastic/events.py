@@ -36,12 +36,20 @@ def format_event(document: dict[str, Any], event: str = "status") -> str:
 
     Documents come from ``status.build_status``, strict JSON by construction.
     """
-    return f"event: {event}\ndata: {jsonsafe.dumps(document)}\n\n"
+    return _event_text(jsonsafe.dumps(document), event)
+
+
+def _event_text(data: str, event: str) -> str:
+    return f"event: {event}\ndata: {data}\n\n"
 
 
 def digest(document: dict[str, Any]) -> str:
     """Six hex digits that change when the document does (for cursors)."""
-    return hashlib.blake2b(jsonsafe.dumps(document).encode(), digest_size=3).hexdigest()
+    return _digest_of(jsonsafe.dumps(document))
+
+
+def _digest_of(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=3).hexdigest()
 
 
 def format_cursor(sent: dict[str, str]) -> str:
@@ -179,9 +187,10 @@ class _Stream:
             document = viewer_document(state, task_id, view)
         else:
             document = build_status(task_id, None)  # not this viewer's: unknown
-        key = digest(document)
+        text = jsonsafe.dumps(document)  # once, for the digest and the event
+        key = _digest_of(text)
         if self.sent.get(task_id) != key and self.held.pop(task_id[:8], None) != key:
-            yield format_event(document)
+            yield _event_text(text, "status")
             self.last_sent_at = time.monotonic()
         self.sent[task_id] = key
         if document.get("ready") or document.get("state") == "UNKNOWN":

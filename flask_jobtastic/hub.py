@@ -35,6 +35,8 @@ logger = logging.getLogger("flask_jobtastic")
 TICK = 0.05
 #: Seconds between reconnect attempts after Redis went away, growing to the last.
 BACKOFF = (0.25, 0.5, 1.0, 2.0, 5.0)
+#: Seconds between two looks for jobs and lists due to be read again.
+REREAD_CHECK = 0.25
 #: Seconds between two reads of an owner's list when no channel announces changes.
 OWNER_POLL = 1.0
 #: Seconds without any watcher after which the hub's thread ends.
@@ -133,6 +135,7 @@ class Hub:
         self._job_of: dict[str, str] = {}
         self._thread: threading.Thread | None = None
         self._idle_since: float | None = None
+        self._rereads_at = 0.0
         self.connected = False
 
     # -- what streams call ----------------------------------------------------------
@@ -185,9 +188,13 @@ class Hub:
     def channels(self) -> set[str]:
         """The channels the hub should be subscribed to now (on the hub's thread)."""
         with self._lock:
-            job_ids = list(self._by_job)
+            job_ids = set(self._by_job)
             owner_channels = set(self._by_owner_channel)
-        self._job_of = {_text(self.backend.get_key_for_task(tid)): tid for tid in job_ids}
+        if job_ids != set(self._job_of.values()):  # keys are made only for new jobs
+            known = {tid: channel for channel, tid in self._job_of.items() if tid in job_ids}
+            for task_id in job_ids - set(known):
+                known[task_id] = _text(self.backend.get_key_for_task(task_id))
+            self._job_of = {channel: tid for tid, channel in known.items()}
         return set(self._job_of) | owner_channels
 
     def _drop_job_watcher(self, task_id: str, watcher: Watcher) -> None:
@@ -303,9 +310,12 @@ class Hub:
         """A job nobody wrote for a heartbeat is read again: its worker may be gone.
 
         An owner's list is read again as often, or every second when no channel
-        announces its changes.
+        announces its changes. Looked at a few times a second, not every turn.
         """
         now = time.monotonic()
+        if now - self._rereads_at < REREAD_CHECK:
+            return
+        self._rereads_at = now
         with self._lock:
             for task_id in self._by_job:
                 if now - self._read_at.get(task_id, 0.0) >= self.reread_every:
