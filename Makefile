@@ -21,6 +21,7 @@ install: venv
 
 test: install
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
 	node --test tests/js/
 	$(PYTHON) -m pytest
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .errors import BrokerUnavailable, ConfigurationError, JobFailed, JobtasticError
-from .extension import Jobtastic, JobtasticState
+from .extension import Jobtastic
+from .state import JobtasticState
 from .states import (
     FAILURE,
     PENDING,

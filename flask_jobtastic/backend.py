@@ -24,8 +24,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from celery import states as celery_states
-from celery._state import task_join_will_block
-from celery.backends.redis import RedisBackend, ResultConsumer
+
+# Celery internals this backend extends; celery-types does not describe them.
+from celery._state import task_join_will_block  # type: ignore[attr-defined]
+from celery.backends.redis import RedisBackend, ResultConsumer  # type: ignore[attr-defined]
+
+from . import results
 
 logger = logging.getLogger("flask_jobtastic")
 
@@ -50,7 +54,7 @@ def _raised(flag: _Flag) -> Iterator[None]:
         flag.on = previous
 
 
-class SendSafeResultConsumer(ResultConsumer):
+class SendSafeResultConsumer(ResultConsumer):  # type: ignore[misc]  # untyped in the stubs
     """Celery's Redis result consumer whose send-time calls cannot block or raise."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -102,7 +106,8 @@ class SendSafeResultConsumer(ResultConsumer):
         """
         if key is not None:
             self.subscribed_to.discard(key)
-        pubsub, self._pubsub = self._pubsub, None
+        pubsub: Any = self._pubsub  # type: ignore[has-type]  # Celery's, untyped
+        self._pubsub = None
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 pubsub.close()
@@ -128,12 +133,12 @@ class JobtasticRedisBackend(RedisBackend):
         app = kwargs.get("app")
         if url is None and app is not None:
             url = str(app.conf.result_backend or "") or None
-        super().__init__(*args, url=url, **kwargs)
+        super().__init__(*args, url=url, **kwargs)  # type: ignore[misc]  # url is not in args
         self._once = _Flag()
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         if not task_join_will_block():
-            self.result_consumer.subscribe_for_sender(task_id)
+            self.result_consumer.subscribe_for_sender(task_id)  # type: ignore[attr-defined]
 
     def ensure(self, fun: Any, args: Any, **policy: Any) -> Any:
         if self._once.on:
@@ -150,15 +155,14 @@ class JobtasticRedisBackend(RedisBackend):
         says who may read the meta must not be the first to go.
         """
         if state not in celery_states.READY_STATES:
-            return super()._set_with_state(key, value, state)
-        expires = self.failure_expires if state == celery_states.FAILURE else None
+            return super()._set_with_state(key, value, state)  # type: ignore[misc]
+        failed = state == celery_states.FAILURE
+        expires = self.failure_expires if failed else None  # type: ignore[attr-defined]
         return self.ensure(self._set_final, (key, value, expires))
 
     def _set_final(self, key: Any, value: Any, expires: Any = None) -> None:
-        from . import results
-
         if expires is None:
-            expires = self.expires
+            expires = self.expires  # type: ignore[attr-defined]
         prefix = self.task_keyprefix
         raw_key = key.decode() if isinstance(key, bytes) else str(key)
         raw_prefix = prefix.decode() if isinstance(prefix, bytes) else str(prefix)

@@ -6,11 +6,14 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .registry import Registry
+from .state import JobtasticState
+
 jobtastic_cli = AppGroup("jobtastic", help="Manage flask-jobtastic's job registry.")
 
 
-def _registry():  # noqa: ANN202 (click wants plain functions)
-    state = current_app.extensions.get("jobtastic")
+def _registry() -> Registry:
+    state: JobtasticState | None = current_app.extensions.get("jobtastic")
     if state is None:
         raise click.ClickException("This app does not use flask-jobtastic (no Jobtastic(app)).")
     if state.registry is None:

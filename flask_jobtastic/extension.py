@@ -9,27 +9,28 @@ extension may serve several apps.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from flask import Flask, current_app, has_app_context, has_request_context
+from flask import Flask, current_app, has_app_context
 from flask_caching import Cache
 from kombu.exceptions import OperationalError
 
 from . import backend as result_backend
 from . import defaults
 from .assets import jobtastic_assets
-from .cache import describe_add_atomicity
+from .binding import register_celery_app
 from .cli import jobtastic_cli
 from .embedded import EmbeddedWorker
 from .errors import ConfigurationError
+from .herd import describe_add_atomicity
 from .registry import MemoryRegistryStore, RedisRegistryStore, Registry
-from .streams import StreamSlots, read_limits
-from .task import register_celery_app
+from .settings import number, read_settings, setting_defaults
+from .state import JobtasticState, attach
+from .streams import StreamSlots
+from .views import TaskIdConverter, create_blueprint
 
 logger = logging.getLogger("flask_jobtastic")
 
@@ -37,93 +38,6 @@ EXTENSION_KEY = "jobtastic"
 
 #: Serializer names that are safe to accept from a broker.
 _JSON_NAMES = frozenset({"json", "application/json"})
-
-
-@dataclass
-class JobtasticState:
-    """Everything the extension knows about one Flask application."""
-
-    app: Flask
-    celery: Celery
-    cache: Cache
-    cache_backend: Any
-    broker_errors: tuple[type[BaseException], ...]
-    publish_retry_policy: dict[str, float]
-    progress_interval: float
-    progress_smoothing: float
-    started_delay: float
-    expose_errors: bool
-    batch_limit: int
-    url_prefix: str
-    events_heartbeat: float
-    events_poll_interval: float
-    events_max_seconds: float
-    stream_slots: StreamSlots
-    embedded_worker: EmbeddedWorker | None = None
-    registry: Registry | None = None
-    allow_unowned: bool | None = None
-    extension: Jobtastic | None = None
-
-    def current_owner(self) -> str | None:
-        """The owner of jobs sent now: the app's ``owner_loader`` in a request."""
-        loader = self.extension._owner_loader if self.extension is not None else None
-        if loader is None or not has_request_context():
-            return None
-        owner = loader()
-        if owner is None:
-            return None
-        # stored in Redis keys and JSON: text a lone surrogate cannot break
-        return str(owner).encode("utf-8", "backslashreplace").decode("utf-8")
-
-    @property
-    def owners_enforced(self) -> bool:
-        return self.extension is not None and self.extension._owner_loader is not None
-
-    def may_read(self, job: dict[str, Any] | None, *, has_side_records: bool = False) -> bool:
-        """Whether the current request may see a job, given its ``job`` side record.
-
-        Where owners are checked, every job is sent with that record; a job
-        whose record is gone (expired, evicted) is nobody's to read.
-        """
-        if job is None and has_side_records and self.owners_enforced:
-            return False
-        owner = job.get("owner") if job else None
-        if job and job.get("shared"):
-            return True  # a result meant for everyone who holds the id
-        if owner is None:
-            if self.allow_unowned is not None:
-                return self.allow_unowned
-            return not self.owners_enforced
-        return owner == self.current_owner()
-
-    def registry_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the registry; its store being down is logged, never fatal to a job."""
-        if self.registry is None:
-            return None
-        try:
-            return getattr(self.registry, method)(*args, **kwargs)
-        except Exception:
-            logger.warning("Job registry %s failed", method, exc_info=True)
-            return None
-
-
-def _setting_defaults() -> dict[str, Any]:
-    """``JOBTASTIC_<NAME>`` for every public constant in ``defaults``."""
-    return {
-        f"JOBTASTIC_{name}": getattr(defaults, name)
-        for name in dir(defaults)
-        if name.isupper() and name != "CELERY_EMBEDDED"
-    }
-
-
-def _number(config: Any, key: str, *, minimum: float, allow_equal: bool = True) -> float:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigurationError(f"{key} must be a number, got {value!r}")
-    if value < minimum or (value == minimum and not allow_equal):
-        bound = ">=" if allow_equal else ">"
-        raise ConfigurationError(f"{key} must be {bound} {minimum}, got {value!r}")
-    return float(value)
 
 
 def build_celery(app: Flask) -> Celery:
@@ -189,8 +103,8 @@ def _broker_errors(celery: Celery) -> tuple[type[BaseException], ...]:
 def build_registry(config: Any, celery: Celery) -> Registry | None:
     """The job registry ``JOBTASTIC_REGISTRY`` asks for."""
     setting = config["JOBTASTIC_REGISTRY"]
-    seen_ttl = _number(config, "JOBTASTIC_REGISTRY_SEEN_TTL", minimum=0)
-    unseen_ttl = _number(config, "JOBTASTIC_REGISTRY_UNSEEN_TTL", minimum=0, allow_equal=False)
+    seen_ttl = number(config, "JOBTASTIC_REGISTRY_SEEN_TTL", minimum=0)
+    unseen_ttl = number(config, "JOBTASTIC_REGISTRY_UNSEEN_TTL", minimum=0, allow_equal=False)
     backend_url = str(celery.conf.result_backend or "")
     if setting == "auto":
         if backend_url.startswith(("redis://", "rediss://", "unix://")):
@@ -212,8 +126,83 @@ def build_registry(config: Any, celery: Celery) -> Registry | None:
     return Registry(store, seen_ttl=seen_ttl, unseen_ttl=unseen_ttl)
 
 
+def _registry_on_backend_redis(config: Any, celery: Celery) -> bool:
+    """Whether ``JOBTASTIC_REGISTRY`` lives on the result backend's Redis server."""
+    backend_url = str(celery.conf.result_backend or "")
+    setting = config["JOBTASTIC_REGISTRY"]
+    if setting == "auto":
+        setting = backend_url
+    if not isinstance(setting, str) or not setting.startswith(_REDIS_URLS):
+        return False
+    if not backend_url.startswith(_REDIS_URLS):
+        return False
+    return _server_of(setting) == _server_of(backend_url)
+
+
+_REDIS_URLS = ("redis://", "rediss://", "unix://")
+
+
+def _server_of(url: str) -> tuple[Any, ...]:
+    """Where a Redis URL points, whatever its database (pub/sub ignores databases)."""
+    from redis.connection import parse_url
+
+    parts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    return (parts.get("host", "localhost"), parts.get("port", 6379), parts.get("path"))
+
+
 def _is_in_memory(celery: Celery) -> bool:
     return str(celery.conf.broker_url or "").startswith("memory://")
+
+
+def _init_cache(app: Flask, given: Cache | None) -> Cache:
+    """The flask-caching ``Cache`` passed in, or one built from ``JOBTASTIC_CACHE``."""
+    if given is not None:
+        if given not in app.extensions.get("cache", {}):
+            given.init_app(app)
+        return given
+    cache_config = app.config["JOBTASTIC_CACHE"]
+    if not isinstance(cache_config, dict) or "CACHE_TYPE" not in cache_config:
+        raise ConfigurationError(
+            "JOBTASTIC_CACHE must be a dict of flask-caching settings with a CACHE_TYPE, "
+            "e.g. {'CACHE_TYPE': 'flask_jobtastic.cache.PyMemcacheCache', "
+            "'CACHE_MEMCACHED_SERVERS': ['127.0.0.1:11211']}"
+        )
+    cache = Cache()
+    try:
+        with warnings.catch_warnings():
+            # NullCache is refused below with a clearer message than this warning.
+            warnings.filterwarnings("ignore", message=".*caching is effectively disabled")
+            cache.init_app(app, config=dict(cache_config))
+    except Exception as exc:
+        raise ConfigurationError(f"JOBTASTIC_CACHE could not be used: {exc}") from exc
+    return cache
+
+
+def check_cache(backend: Any, celery: Celery) -> None:
+    """Refuse a cache herd avoidance cannot rely on; warn of one only this process sees."""
+    atomicity = describe_add_atomicity(backend)
+    if atomicity == "not-atomic":
+        raise ConfigurationError(
+            f"The cache {type(backend).__name__} cannot add a key atomically across "
+            "processes, which herd avoidance needs: use "
+            "'flask_jobtastic.cache.PyMemcacheCache' (memcached) or 'RedisCache'"
+        )
+    if atomicity == "process-local" and not _is_in_memory(celery):
+        logger.warning(
+            "flask-jobtastic uses an in-process cache (%s) while the broker is %s: "
+            "result caching and herd avoidance only work within one process. Set "
+            "JOBTASTIC_CACHE to memcached or Redis for production.",
+            type(backend).__name__,
+            celery.conf.broker_url,
+        )
+
+
+def _register_web_parts(app: Flask, url_prefix: str) -> None:
+    """The blueprint, its id converter, the ``jobtastic_assets`` global and the CLI."""
+    app.url_map.converters.setdefault("jobtastic_id", TaskIdConverter)
+    app.register_blueprint(create_blueprint(), url_prefix=url_prefix)
+    app.jinja_env.globals.setdefault("jobtastic_assets", jobtastic_assets)
+    app.cli.add_command(jobtastic_cli)
 
 
 class Jobtastic:
@@ -242,122 +231,49 @@ class Jobtastic:
                 "A 'Jobtastic' instance has already been registered on this Flask app. "
                 "Import and use that instance instead."
             )
-        for key, value in _setting_defaults().items():
+        for key, value in setting_defaults().items():
             app.config.setdefault(key, value)
-        config = app.config
-
-        interval = _number(config, "JOBTASTIC_PROGRESS_INTERVAL", minimum=0)
-        started_delay = _number(config, "JOBTASTIC_STARTED_DELAY", minimum=0)
-        smoothing = _number(config, "JOBTASTIC_PROGRESS_SMOOTHING", minimum=0, allow_equal=False)
-        if smoothing > 1:
-            raise ConfigurationError(
-                f"JOBTASTIC_PROGRESS_SMOOTHING must be in (0, 1], got {smoothing!r}"
-            )
-        batch_limit = config["JOBTASTIC_BATCH_LIMIT"]
-        if isinstance(batch_limit, bool) or not isinstance(batch_limit, int) or batch_limit < 1:
-            raise ConfigurationError(
-                f"JOBTASTIC_BATCH_LIMIT must be a positive int, got {batch_limit!r}"
-            )
-        prefix = config["JOBTASTIC_URL_PREFIX"]
-        if not isinstance(prefix, str) or not prefix.startswith("/"):
-            raise ConfigurationError(
-                f"JOBTASTIC_URL_PREFIX must be a path starting with '/', got {prefix!r}"
-            )
-        policy = config["JOBTASTIC_PUBLISH_RETRY_POLICY"]
-        if not isinstance(policy, dict):
-            raise ConfigurationError(
-                "JOBTASTIC_PUBLISH_RETRY_POLICY must be a dict like "
-                "{'max_retries': 1, 'interval_start': 0, 'interval_step': 0.1, 'interval_max': 0.1}"
-            )
-        heartbeat = _number(config, "JOBTASTIC_EVENTS_HEARTBEAT", minimum=0, allow_equal=False)
-        events_poll = _number(
-            config, "JOBTASTIC_EVENTS_POLL_INTERVAL", minimum=0, allow_equal=False
-        )
-        events_max = _number(config, "JOBTASTIC_EVENTS_MAX_SECONDS", minimum=0, allow_equal=False)
-        per_owner, per_process = read_limits(config)
-
+        settings = read_settings(app.config)
         celery = self._celery if self._celery is not None else build_celery(app)
         check_celery(celery)
         result_backend.install(celery)
-        embedded = config["JOBTASTIC_EMBEDDED_WORKER"]
+        cache = _init_cache(app, self._cache)
+        backend = app.extensions["cache"][cache]
+        check_cache(backend, celery)
+        embedded = settings.embedded_worker
         if embedded is None:
             embedded = _is_in_memory(celery)
-        concurrency = config["JOBTASTIC_EMBEDDED_WORKER_CONCURRENCY"]
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(
-                f"JOBTASTIC_EMBEDDED_WORKER_CONCURRENCY must be a positive int, got {concurrency!r}"
-            )
-
-        cache = self._cache
-        if cache is None:
-            cache_config = config["JOBTASTIC_CACHE"]
-            if not isinstance(cache_config, dict) or "CACHE_TYPE" not in cache_config:
-                raise ConfigurationError(
-                    "JOBTASTIC_CACHE must be a dict of flask-caching settings with a CACHE_TYPE, "
-                    "e.g. {'CACHE_TYPE': 'flask_jobtastic.cache.PyMemcacheCache', "
-                    "'CACHE_MEMCACHED_SERVERS': ['127.0.0.1:11211']}"
-                )
-            cache = Cache()
-            try:
-                with warnings.catch_warnings():
-                    # NullCache is refused below with a clearer message than this warning.
-                    warnings.filterwarnings("ignore", message=".*caching is effectively disabled")
-                    cache.init_app(app, config=dict(cache_config))
-            except Exception as exc:
-                raise ConfigurationError(f"JOBTASTIC_CACHE could not be used: {exc}") from exc
-        elif cache not in app.extensions.get("cache", {}):
-            cache.init_app(app)
-        backend = app.extensions["cache"][cache]
-        atomicity = describe_add_atomicity(backend)
-        if atomicity == "not-atomic":
-            raise ConfigurationError(
-                f"The cache {type(backend).__name__} cannot add a key atomically across "
-                "processes, which herd avoidance needs: use "
-                "'flask_jobtastic.cache.PyMemcacheCache' (memcached) or 'RedisCache'"
-            )
-        if atomicity == "process-local" and not _is_in_memory(celery):
-            logger.warning(
-                "flask-jobtastic uses an in-process cache (%s) while the broker is %s: "
-                "result caching and herd avoidance only work within one process. Set "
-                "JOBTASTIC_CACHE to memcached or Redis for production.",
-                type(backend).__name__,
-                celery.conf.broker_url,
-            )
-
         state = JobtasticState(
             app=app,
             celery=celery,
             cache=cache,
             cache_backend=backend,
             broker_errors=_broker_errors(celery),
-            publish_retry_policy=dict(policy),
-            progress_interval=interval,
-            progress_smoothing=smoothing,
-            started_delay=started_delay,
-            expose_errors=bool(config["JOBTASTIC_EXPOSE_ERRORS"]),
-            batch_limit=batch_limit,
-            url_prefix=prefix.rstrip("/") or "/",
-            events_heartbeat=heartbeat,
-            events_poll_interval=events_poll,
-            events_max_seconds=events_max,
-            stream_slots=StreamSlots(per_owner, per_process),
-            embedded_worker=EmbeddedWorker(celery, concurrency) if embedded else None,
-            registry=build_registry(config, celery),
-            allow_unowned=config["JOBTASTIC_ALLOW_UNOWNED"],
+            publish_retry_policy=settings.publish_retry_policy,
+            progress_interval=settings.progress_interval,
+            progress_smoothing=settings.progress_smoothing,
+            started_delay=settings.started_delay,
+            expose_errors=settings.expose_errors,
+            batch_limit=settings.batch_limit,
+            url_prefix=settings.url_prefix,
+            events_heartbeat=settings.events_heartbeat,
+            events_poll_interval=settings.events_poll_interval,
+            events_max_seconds=settings.events_max_seconds,
+            stream_slots=StreamSlots(settings.events_per_owner, settings.events_per_process),
+            embedded_worker=(
+                EmbeddedWorker(celery, settings.embedded_concurrency) if embedded else None
+            ),
+            registry=build_registry(app.config, celery),
+            registry_on_backend_redis=_registry_on_backend_redis(app.config, celery),
+            allow_unowned=settings.allow_unowned,
             extension=self,
         )
         app.extensions[EXTENSION_KEY] = state
         if self._celery is None:
             self._built.append(celery)
-        celery._flask_jobtastic_state = state  # type: ignore[attr-defined]
+        attach(celery, state)
         register_celery_app(celery)
-
-        from .views import TaskIdConverter, create_blueprint
-
-        app.url_map.converters.setdefault("jobtastic_id", TaskIdConverter)
-        app.register_blueprint(create_blueprint(), url_prefix=state.url_prefix)
-        app.jinja_env.globals.setdefault("jobtastic_assets", jobtastic_assets)
-        app.cli.add_command(jobtastic_cli)
+        _register_web_parts(app, state.url_prefix)
 
     def owner_loader(self, loader: Callable[[], Any]) -> Callable[[], Any]:
         """Register the function that names the current user (a decorator).
@@ -377,7 +293,8 @@ class Jobtastic:
                 "app.extensions['jobtastic']"
             )
         try:
-            return current_app.extensions[EXTENSION_KEY]
+            state: JobtasticState = current_app.extensions[EXTENSION_KEY]
+            return state
         except KeyError:
             raise RuntimeError(
                 "The current Flask app is not registered with this 'Jobtastic' instance. "

@@ -112,7 +112,7 @@ def _job_asks_cancel(job: dict[str, Any] | None) -> bool:
 
 
 def _is_final(meta: dict[str, Any] | None) -> bool:
-    return bool(meta) and meta.get("status") in celery_states.READY_STATES
+    return meta is not None and meta.get("status") in celery_states.READY_STATES
 
 
 def guarded_progress(

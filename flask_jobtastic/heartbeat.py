@@ -22,6 +22,11 @@ logger = logging.getLogger("flask_jobtastic")
 MIN_TIMEOUT = 2.0
 
 
+def alive_for(herd_avoidance_timeout: float | None) -> int:
+    """Seconds a job's alive marker and renewed herd key live without a renewal."""
+    return int(max(float(herd_avoidance_timeout or 0), MIN_TIMEOUT)) + 1
+
+
 @dataclass
 class _Claim:
     renew: Callable[[], None]
@@ -80,10 +85,9 @@ class Heartbeat:
                 for _, claim in due:
                     claim.next_at = now + claim.every
                 if self._claims:
-                    wait: float | None = max(
-                        min(c.next_at for c in self._claims.values()) - now, 0.01
-                    )
-                    self._wakes_at = now + wait
+                    soonest = max(min(c.next_at for c in self._claims.values()) - now, 0.01)
+                    wait: float | None = soonest
+                    self._wakes_at = now + soonest
                 elif self._added:  # nothing to renew now: stay up a little for the next
                     wait = self._linger
                     self._wakes_at = now + wait

@@ -31,6 +31,7 @@ import json
 import math
 import numbers
 import uuid
+from collections.abc import Iterable
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import PurePath
@@ -86,20 +87,28 @@ def _is_plain(value: Any, depth: int) -> bool:
     if kind in _PLAIN:
         return True
     if kind is float:
-        return value - value == 0.0  # False for NaN and infinities
+        return bool(value - value == 0.0)  # False for NaN and infinities
     if depth >= MAX_DEPTH:
         return False
     if kind is list:
-        items: Any = value
-    elif kind is dict:
-        if len(value) == 2 and "__type__" in value and "__value__" in value:
-            return False
-        for key in value:
-            if type(key) is not str:
-                return False
-        items = value.values()
-    else:
+        return _items_plain(value, depth)
+    if kind is dict:
+        return _dict_plain(value, depth)
+    return False
+
+
+def _dict_plain(value: dict[Any, Any], depth: int) -> bool:
+    """An exact dict with string keys, not kombu's typed form, and plain values."""
+    if len(value) == 2 and "__type__" in value and "__value__" in value:
         return False
+    for key in value:
+        if type(key) is not str:
+            return False
+    return _items_plain(value.values(), depth)
+
+
+def _items_plain(items: Iterable[Any], depth: int) -> bool:
+    """Whether every item is plain; scalars are checked inline, the hot path."""
     for item in items:
         kind = type(item)
         if kind in _PLAIN:
@@ -157,7 +166,7 @@ def _convert(value: Any, path: str, depth: int, active: set[int]) -> Any:
     return _convert_leaf(value, path)
 
 
-def _convert_dict(value: dict[Any, Any], path: str, depth: int, active: set[int]) -> dict:
+def _convert_dict(value: dict[Any, Any], path: str, depth: int, active: set[int]) -> dict[str, Any]:
     if len(value) == 2 and set(value) == _KOMBU_TYPED:
         raise NotJSONError(path, "a dict of only '__type__' and '__value__' (kombu's typed form)")
     out: dict[str, Any] = {}

@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import cache as cache_ops
-from . import guards, results, states
+from . import guards, herd, results, states
 from .status import WORKER_LOST, document_for, for_viewer
 
 logger = logging.getLogger("flask_jobtastic")
@@ -33,7 +32,7 @@ def settle_lost_job(state: Any, task_id: str, view: results.JobView) -> None:
     worker have been alive after all (a result-backend outage longer than
     its heartbeat): the job sees the final state at its next write and stops.
     """
-    failure = {
+    failure: dict[str, Any] = {
         "status": states.FAILURE,
         "result": {
             "exc_type": "WorkerLostError",
@@ -53,5 +52,5 @@ def settle_lost_job(state: Any, task_id: str, view: results.JobView) -> None:
         return
     herd_key = (view.job or {}).get("herd_key")
     if herd_key:
-        cache_ops.cache_delete_if_equal(state.cache_backend, herd_key, task_id)
-    state.registry_call("record_state", task_id, "failed")
+        herd.release_herd_key(state.cache_backend, herd_key, task_id)
+    state.record_state(task_id, "failed")

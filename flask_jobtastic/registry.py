@@ -2,9 +2,12 @@
 
 A page lists "my jobs" with live progress bars and support agents can look up
 what happened to a job, so the record outlives the request that started it.
-Two stores behave the same way: :class:`MemoryRegistryStore` for a single
-process (tests, development) and :class:`RedisRegistryStore` for real
-deployments, where web and worker processes need to see each other's writes.
+:class:`Registry` holds the behaviour; the records and the store contract are
+in ``registry_store``. Two stores behave the same way:
+:class:`MemoryRegistryStore` (``registry_memory``) for a single process
+(tests, development) and :class:`RedisRegistryStore` (``registry_redis``) for
+real deployments, where web and worker processes need to see each other's
+writes. The names stay importable from here.
 
 Compared with the seed library this module never forgets a finished job that
 nobody has looked at yet (it waits ``unseen_ttl``, not two minutes) and only
@@ -13,371 +16,29 @@ lets a job's owner mark it seen.
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 import math
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
-
-import redis
+from collections.abc import Callable, Iterable
 
 from flask_jobtastic.errors import JobtasticError
+from flask_jobtastic.registry_memory import MemoryRegistryStore
+from flask_jobtastic.registry_redis import DEFAULT_RECORD_TTL, RedisRegistryStore
+from flask_jobtastic.registry_store import (
+    BATCH,
+    FINISHED_STATES,
+    JOB_STATES,
+    JobRecord,
+    RegistryStore,
+)
 from flask_jobtastic.signals import task_changed
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "revoked", "retrying")
-FINISHED_STATES = frozenset({"succeeded", "failed", "revoked"})
-
-#: Default lifetime of a Redis record, refreshed on every write.
-DEFAULT_RECORD_TTL = 7 * 86400
-
-#: How many records cleanup and listing read per round trip.
-_BATCH = 200
+logger = logging.getLogger("flask_jobtastic")
 
 
 class JobNotFinished(JobtasticError, ValueError):
     """Only finished jobs can be marked seen: a running one still needs its bar."""
-
-
-@dataclass
-class JobRecord:
-    """What the registry knows about one job; plain data so it travels as JSON."""
-
-    id: str
-    task_name: str
-    owner: str | None
-    description: str | None
-    state: str
-    created_at: float
-    updated_at: float
-    progress: float = 0.0
-    seen: bool = False
-    seen_at: float | None = None
-    finished_at: float | None = None
-
-    @property
-    def finished(self) -> bool:
-        """True once nothing will change the outcome any more."""
-        return self.state in FINISHED_STATES
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields, plus ``finished`` so pages need not know the state set."""
-        data = dataclasses.asdict(self)
-        data["finished"] = self.finished
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> JobRecord:
-        """Rebuild a record from :meth:`to_dict` output, ignoring derived keys."""
-        return cls(
-            id=str(data["id"]),
-            task_name=str(data["task_name"]),
-            owner=_opt_str(data.get("owner")),
-            description=_opt_str(data.get("description")),
-            state=str(data["state"]),
-            created_at=float(data["created_at"]),
-            updated_at=float(data["updated_at"]),
-            progress=float(data.get("progress", 0.0)),
-            seen=bool(data.get("seen", False)),
-            seen_at=_opt_float(data.get("seen_at")),
-            finished_at=_opt_float(data.get("finished_at")),
-        )
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _newest_first(records: Iterable[JobRecord]) -> list[JobRecord]:
-    """One ordering for both stores, ties broken by id as a Redis sorted set does."""
-    return sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)
-
-
-@runtime_checkable
-class RegistryStore(Protocol):
-    """Where records live; :class:`Registry` holds the behaviour."""
-
-    def save(self, record: JobRecord) -> None:
-        """Create or replace the record."""
-        ...
-
-    def get(self, job_id: str) -> JobRecord | None: ...
-
-    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
-        """Records of the ids that exist, keyed by id; missing ids are left out."""
-        ...
-
-    def list_for_owner(
-        self, owner: str, *, states: Iterable[str] | None = None, limit: int = 100
-    ) -> list[JobRecord]:
-        """The owner's records, newest first, optionally only in ``states``."""
-        ...
-
-    def delete(self, job_id: str) -> bool: ...
-
-    def all_ids(self) -> Iterator[str]: ...
-
-    def clear(self) -> int: ...
-
-
-class MemoryRegistryStore:
-    """A single-process store: a dict plus a per-owner index, behind a lock."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._records: dict[str, JobRecord] = {}
-        self._by_owner: dict[str, set[str]] = {}
-
-    def save(self, record: JobRecord) -> None:
-        # Store a copy so callers editing their record do not edit ours,
-        # just as with Redis.
-        stored = dataclasses.replace(record)
-        with self._lock:
-            old = self._records.get(record.id)
-            if old is not None and old.owner is not None and old.owner != record.owner:
-                self._unindex(old.owner, record.id)
-            self._records[record.id] = stored
-            if record.owner is not None:
-                self._by_owner.setdefault(record.owner, set()).add(record.id)
-
-    def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            record = self._records.get(job_id)
-        return None if record is None else dataclasses.replace(record)
-
-    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
-        with self._lock:
-            found = [self._records[i] for i in job_ids if i in self._records]
-        return {r.id: dataclasses.replace(r) for r in found}
-
-    def list_for_owner(
-        self, owner: str, *, states: Iterable[str] | None = None, limit: int = 100
-    ) -> list[JobRecord]:
-        wanted = None if states is None else frozenset(states)
-        with self._lock:
-            ids = self._by_owner.get(owner, set())
-            records = [
-                self._records[i] for i in ids if wanted is None or self._records[i].state in wanted
-            ]
-        return [dataclasses.replace(r) for r in _newest_first(records)[: max(limit, 0)]]
-
-    def delete(self, job_id: str) -> bool:
-        with self._lock:
-            record = self._records.pop(job_id, None)
-            if record is None:
-                return False
-            if record.owner is not None:
-                self._unindex(record.owner, job_id)
-            return True
-
-    def all_ids(self) -> Iterator[str]:
-        with self._lock:
-            ids = list(self._records)
-        return iter(ids)
-
-    def clear(self) -> int:
-        with self._lock:
-            count = len(self._records)
-            self._records.clear()
-            self._by_owner.clear()
-        return count
-
-    def _unindex(self, owner: str, job_id: str) -> None:
-        """Drop an index entry, and the owner's set once empty so it cannot grow."""
-        ids = self._by_owner.get(owner)
-        if ids is not None:
-            ids.discard(job_id)
-            if not ids:
-                del self._by_owner[owner]
-
-
-# Fields left out of the Redis hash stand for None, so "" stays distinct from None.
-_OPTIONAL_STR = ("owner", "description")
-_OPTIONAL_FLOAT = ("seen_at", "finished_at")
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _glob_escape(text: str) -> str:
-    """Make a key prefix literal inside a SCAN MATCH pattern."""
-    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
-
-
-class RedisRegistryStore:
-    """Records in Redis so web and worker processes share them.
-
-    Each job is a hash and each owner a sorted set of job ids scored by
-    creation time. Every write refreshes an expiry on both, so the data stays
-    bounded even if :meth:`Registry.cleanup` never runs.
-    """
-
-    def __init__(
-        self,
-        client_or_url: redis.Redis | str,
-        *,
-        prefix: str = "jobtastic:registry:",
-        record_ttl: int = DEFAULT_RECORD_TTL,
-    ) -> None:
-        if record_ttl <= 0:
-            raise ValueError("record_ttl must be a positive number of seconds")
-        if isinstance(client_or_url, str):
-            client_or_url = redis.Redis.from_url(client_or_url)
-        self.client: redis.Redis = client_or_url
-        self.prefix = prefix
-        self.record_ttl = int(record_ttl)
-
-    def job_key(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}"
-
-    def owner_key(self, owner: str) -> str:
-        return f"{self.prefix}owner:{owner}"
-
-    def save(self, record: JobRecord) -> None:
-        key = self.job_key(record.id)
-        pipe = self.client.pipeline(transaction=True)
-        # Replace, not merge: a field that became None must disappear.
-        pipe.delete(key)
-        pipe.hset(key, mapping=self._encode(record))
-        pipe.expire(key, self.record_ttl)
-        if record.owner is not None:
-            owner_key = self.owner_key(record.owner)
-            pipe.zadd(owner_key, {record.id: record.created_at})
-            pipe.expire(owner_key, self.record_ttl)
-        pipe.execute()
-
-    def get(self, job_id: str) -> JobRecord | None:
-        return self._decode(self.client.hgetall(self.job_key(job_id)))
-
-    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
-        ids = list(dict.fromkeys(job_ids))
-        if not ids:
-            return {}
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hgetall(self.job_key(job_id))
-        found: dict[str, JobRecord] = {}
-        for job_id, raw in zip(ids, pipe.execute(), strict=True):
-            record = self._decode(raw)
-            if record is not None:
-                found[job_id] = record
-        return found
-
-    def list_for_owner(
-        self, owner: str, *, states: Iterable[str] | None = None, limit: int = 100
-    ) -> list[JobRecord]:
-        if limit <= 0:
-            return []
-        wanted = None if states is None else frozenset(states)
-        owner_key = self.owner_key(owner)
-        result: list[JobRecord] = []
-        start = 0
-        page = max(limit, _BATCH) if wanted is not None else limit
-        while len(result) < limit:
-            ids = [_text(m) for m in self.client.zrevrange(owner_key, start, start + page - 1)]
-            if not ids:
-                break
-            records = self.get_many(ids)
-            # Expired hashes, and ids re-saved under another owner, leave
-            # stale index entries: trim them so the index tracks the hashes.
-            stale = [i for i in ids if i not in records or records[i].owner != owner]
-            if stale:
-                self.client.zrem(owner_key, *stale)
-            for job_id in ids:
-                record = records.get(job_id)
-                if record is None or record.owner != owner:
-                    continue
-                if wanted is None or record.state in wanted:
-                    result.append(record)
-            if len(ids) < page:
-                break
-            start += page - len(stale)
-        return _newest_first(result)[:limit]
-
-    def delete(self, job_id: str) -> bool:
-        key = self.job_key(job_id)
-        owner = self.client.hget(key, "owner")
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(key)
-        if owner is not None:
-            pipe.zrem(self.owner_key(_text(owner)), job_id)
-        return bool(pipe.execute()[0])
-
-    def all_ids(self) -> Iterator[str]:
-        job_prefix = self.job_key("")
-        pattern = _glob_escape(job_prefix) + "*"
-        for key in self.client.scan_iter(match=pattern, count=500):
-            yield _text(key)[len(job_prefix) :]
-
-    def clear(self) -> int:
-        """Delete every job and owner index under the prefix; count the jobs."""
-        job_prefix = self.job_key("")
-        jobs = 0
-        batch: list[str] = []
-        pattern = _glob_escape(self.prefix) + "*"
-        for raw in self.client.scan_iter(match=pattern, count=500):
-            key = _text(raw)
-            batch.append(key)
-            if key.startswith(job_prefix):
-                jobs += 1
-            if len(batch) >= 500:
-                self.client.delete(*batch)
-                batch.clear()
-        if batch:
-            self.client.delete(*batch)
-        return jobs
-
-    @staticmethod
-    def _encode(record: JobRecord) -> dict[str, str]:
-        fields: dict[str, str] = {
-            "id": record.id,
-            "task_name": record.task_name,
-            "state": record.state,
-            "created_at": repr(record.created_at),
-            "updated_at": repr(record.updated_at),
-            "progress": repr(float(record.progress)),
-            "seen": "1" if record.seen else "0",
-        }
-        for name in _OPTIONAL_STR + _OPTIONAL_FLOAT:
-            value = getattr(record, name)
-            if value is not None:
-                fields[name] = value if isinstance(value, str) else repr(float(value))
-        return fields
-
-    @staticmethod
-    def _decode(raw: Mapping[Any, Any]) -> JobRecord | None:
-        if not raw:
-            return None
-        try:
-            data = {_text(k): _text(v) for k, v in raw.items()}
-            record = JobRecord(
-                id=data["id"],
-                task_name=data["task_name"],
-                owner=data.get("owner"),
-                description=data.get("description"),
-                state=data["state"],
-                created_at=float(data["created_at"]),
-                updated_at=float(data["updated_at"]),
-                progress=float(data.get("progress", "0")),
-                seen=data.get("seen") == "1",
-                seen_at=_opt_float(data.get("seen_at")),
-                finished_at=_opt_float(data.get("finished_at")),
-            )
-        except (KeyError, ValueError):
-            # A half-written or foreign hash is treated as absent, not a crash.
-            return None
-        numbers = (record.created_at, record.updated_at, record.progress)
-        optional = (record.seen_at, record.finished_at)
-        if not all(map(math.isfinite, numbers + tuple(v for v in optional if v is not None))):
-            return None  # NaN or Infinity: not strict JSON, so not a record of ours
-        return record
 
 
 class Registry:
@@ -420,6 +81,7 @@ class Registry:
         )
         self.store.save(record)
         task_changed.send(self, record=record, previous_state=None)
+        self._announce(record.owner, job_id)
         return record
 
     def record_state(
@@ -453,6 +115,7 @@ class Registry:
             self.store.save(record)
         if state != previous:
             task_changed.send(self, record=record, previous_state=previous)
+            self._announce(record.owner, job_id)
         return record
 
     def record_progress(self, job_id: str, progress: float) -> None:
@@ -471,7 +134,26 @@ class Registry:
 
     def forget(self, job_id: str) -> bool:
         """Drop a job from its owner's list for good (they left a run others share)."""
-        return self.store.delete(job_id)
+        record = self.store.get(job_id)
+        deleted = self.store.delete(job_id)
+        if record is not None:
+            self._announce(record.owner, job_id)
+        return deleted
+
+    def owner_channel(self, owner: str) -> str | None:
+        """The pub/sub channel that says an owner's list changed, if the store has one."""
+        channel = getattr(self.store, "owner_channel", None)
+        return channel(owner) if callable(channel) else None
+
+    def _announce(self, owner: str | None, job_id: str) -> None:
+        """Tell open "my jobs" streams that the owner's list changed (Redis stores)."""
+        announce = getattr(self.store, "announce", None)
+        if owner is None or not callable(announce):
+            return
+        try:
+            announce(owner, job_id)
+        except Exception:
+            logger.warning("Could not announce a change of job %s", job_id, exc_info=True)
 
     def jobs_of(
         self, owner: str, *, states: Iterable[str] | None = None, limit: int = 100
@@ -522,7 +204,8 @@ class Registry:
             record.seen = True
             record.seen_at = self.clock()
             self.store.save(record)
-            return record
+        self._announce(owner, job_id)
+        return record
 
     def cleanup(self) -> int:
         """Forget finished jobs: seen ones after ``seen_ttl``, unseen after ``unseen_ttl``."""
@@ -531,7 +214,7 @@ class Registry:
         batch: list[str] = []
         for job_id in self.store.all_ids():
             batch.append(job_id)
-            if len(batch) >= _BATCH:
+            if len(batch) >= BATCH:
                 deleted += self._cleanup_batch(batch, now)
                 batch = []
         if batch:
@@ -568,6 +251,7 @@ def _checked_progress(progress: float) -> float:
 
 
 __all__ = [
+    "DEFAULT_RECORD_TTL",
     "FINISHED_STATES",
     "JOB_STATES",
     "JobNotFinished",

@@ -39,7 +39,7 @@ def task_meta(task_id: str, state: str, info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _write(backend: Any, records: list[tuple[Any, str, bool, int | None]]) -> None:
+def _write(backend: Any, records: list[tuple[Any, Any, bool, int | None]]) -> None:
     """Write ``(key, value, publish, expires)`` records in one round trip on Redis.
 
     Celery's ``store_result`` first reads the meta back (to never overwrite a
@@ -49,7 +49,7 @@ def _write(backend: Any, records: list[tuple[Any, str, bool, int | None]]) -> No
     from celery.backends.redis import RedisBackend
 
     if isinstance(backend, RedisBackend):
-        default = backend.expires
+        default = backend.expires  # type: ignore[attr-defined]  # not in celery-types
         if len(records) == 1 and not records[0][2]:  # one SET: no pipeline to build
             key, value, _publish, expires = records[0]
             ttl = expires if expires is not None else default
@@ -84,7 +84,7 @@ def record_queued(
     if not isinstance(backend, KeyValueStoreBackend):
         backend.store_result(task_id, info, celery_states.PENDING)
         return
-    records = [
+    records: list[tuple[Any, Any, bool, int | None]] = [
         (
             backend.get_key_for_task(task_id),
             backend.encode(task_meta(task_id, celery_states.PENDING, info)),
@@ -111,7 +111,7 @@ def write_progress(
     if not isinstance(backend, KeyValueStoreBackend):
         return False
     key = backend.get_key_for_task(task_id)
-    records: list[tuple[Any, str, bool, int | None]] = []
+    records: list[tuple[Any, Any, bool, int | None]] = []
     if alive_for is not None:  # first, so no reader sees PROGRESS without it
         records.append((side_key("run", task_id), alive_marker(), False, alive_for))
     records += [
@@ -167,7 +167,7 @@ def write_side(
         return False
     encoded = value if isinstance(value, str) else dumps_record(value)
     if expires is not None and _accepts_expires(backend):
-        backend.set(side_key(kind, task_id), encoded, expires=expires)
+        backend.set(side_key(kind, task_id), encoded, expires=expires)  # type: ignore[call-arg]
     else:
         backend.set(side_key(kind, task_id), encoded)
     return True
@@ -334,7 +334,8 @@ def _meta_key_builder(backend: Any) -> Callable[[str], Any]:
             return build
         if isinstance(prefix, str):
             return lambda task_id: prefix + task_id
-    return backend.get_key_for_task
+    get_key: Callable[[str], Any] = backend.get_key_for_task
+    return get_key
 
 
 def _decode_meta(backend: Any, raw: Any) -> dict[str, Any]:
@@ -346,10 +347,12 @@ def _decode_meta(backend: Any, raw: Any) -> dict[str, Any]:
     """
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     if not isinstance(text, str) or not text.startswith("{") or '"__type__"' in text:
-        return backend.decode_result(raw)
-    meta = json.loads(text)
+        decoded: dict[str, Any] = backend.decode_result(raw)
+        return decoded
+    meta: dict[str, Any] = json.loads(text)
     if meta.get("status") in backend.EXCEPTION_STATES:
-        return backend.meta_from_decoded(meta)
+        rebuilt: dict[str, Any] = backend.meta_from_decoded(meta)
+        return rebuilt
     return meta
 
 

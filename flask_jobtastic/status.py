@@ -203,56 +203,66 @@ def build_status(
     worker's heartbeat marker is gone: a job still "running" is then lost.
     """
     if not isinstance(meta, Mapping) or "task_id" not in meta:
-        return {
-            "task_id": task_id,
-            "state": states.UNKNOWN,
-            "ready": False,
-            "progress_percent": 0,
-            "time_remaining": NO_ESTIMATE,
-        }
+        return _core(task_id, states.UNKNOWN, ready=False)
     state = meta.get("status") or states.PENDING
     info = meta.get("result")
     if not isinstance(state, str):
         return _unreadable(task_id, f"its state is a {type(state).__name__}", expose_errors)
     state = str.__str__(state)
     if alive is False and state == states.PROGRESS:
-        # the worker stopped renewing its marker: it died mid-job
-        return {
-            "task_id": task_id,
-            "state": states.FAILURE,
-            "ready": True,
-            "progress_percent": _clamp_percent(
-                info.get("progress_percent", 0) if isinstance(info, Mapping) else 0
-            ),
-            "time_remaining": NO_ESTIMATE,
-            "error": {**WORKER_LOST, "error_id": error_id_for(task_id)},
-        }
-    document: dict[str, Any] = {
-        "task_id": task_id,
-        "state": state,
-        "ready": state in states.READY_STATES,
-        "progress_percent": 0,
-        "time_remaining": NO_ESTIMATE,
-    }
+        return _worker_lost(task_id, info)
+    document = _core(task_id, state, ready=state in states.READY_STATES)
     if state == states.SUCCESS:
         try:
-            result = to_json(info, "result")
+            _add_result(document, info)
         except NotJSONError as exc:
             return _unreadable(task_id, f"its result holds {exc}", expose_errors)
-        document["progress_percent"] = 100
-        document["time_remaining"] = 0
-        document["result"] = result
     elif state == states.FAILURE:
         document["error"] = describe_error(task_id, info, expose=expose_errors)
     elif isinstance(info, Mapping):
-        # PROGRESS, and PENDING as recorded at send time, carry our meta dict.
-        _copy_fields(task_id, info, document, expose_errors)
-        if state == states.PROGRESS:
-            document["progress_percent"] = _clamp_percent(info.get("progress_percent", 0))
-            document["time_remaining"] = _seconds_left(info.get("time_remaining", NO_ESTIMATE))
+        _add_meta(task_id, state, info, document, expose_errors)
     if detail and state != states.PROGRESS:
         _copy_fields(task_id, detail, document, expose_errors, only=DETAIL_KEYS)
     return document
+
+
+def _core(task_id: str, state: str, *, ready: bool) -> dict[str, Any]:
+    """The fields every client relies on, before the state's own values."""
+    return {
+        "task_id": task_id,
+        "state": state,
+        "ready": ready,
+        "progress_percent": 0,
+        "time_remaining": NO_ESTIMATE,
+    }
+
+
+def _worker_lost(task_id: str, info: Any) -> dict[str, Any]:
+    """A job still "running" whose worker stopped renewing its marker: it died mid-job."""
+    document = _core(task_id, states.FAILURE, ready=True)
+    document["progress_percent"] = _clamp_percent(
+        info.get("progress_percent", 0) if isinstance(info, Mapping) else 0
+    )
+    document["error"] = {**WORKER_LOST, "error_id": error_id_for(task_id)}
+    return document
+
+
+def _add_result(document: dict[str, Any], info: Any) -> None:
+    """A success: the result in strict JSON (``NotJSONError`` before any change), 100 %."""
+    result = to_json(info, "result")
+    document["progress_percent"] = 100
+    document["time_remaining"] = 0
+    document["result"] = result
+
+
+def _add_meta(
+    task_id: str, state: str, info: Mapping[str, Any], document: dict[str, Any], expose: bool
+) -> None:
+    """PROGRESS, and PENDING as recorded at send time, carry our meta dict."""
+    _copy_fields(task_id, info, document, expose)
+    if state == states.PROGRESS:
+        document["progress_percent"] = _clamp_percent(info.get("progress_percent", 0))
+        document["time_remaining"] = _seconds_left(info.get("time_remaining", NO_ESTIMATE))
 
 
 def _copy_fields(

@@ -128,7 +128,7 @@ def _peer_closed(sock: Any) -> bool:
         return False  # nothing to read; ValueError: a TLS socket, which cannot peek
     except OSError:
         return True  # reset by the peer
-    return data == b""
+    return bool(data == b"")
 
 
 def watch_client(chunks: Iterable[str], sock: Any | None) -> Iterator[str]:

@@ -8,9 +8,8 @@ leak nothing. State-changing endpoints are POST and need an
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import (
@@ -26,12 +25,12 @@ from flask import (
 )
 from werkzeug.routing import PathConverter
 
-from . import guards, jsonsafe, results, states, streams
+from . import jsonsafe, lifecycle, results, states, streams
 from .assets import asset_dir
-from .events import event_stream
+from .events import event_stream, jobs_stream, owner_stream
 from .reading import viewer_document
 from .registry import JobNotFinished
-from .status import CANCEL_FIELD, build_status
+from .status import build_status
 
 logger = logging.getLogger("flask_jobtastic")
 
@@ -132,17 +131,10 @@ def batch_status() -> Any:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             return _error(400, "BadRequest", 'Send a JSON body {"task_ids": ["<uuid>", ...]}.')
     else:
-        raw = request.args.get("ids", "")
-        ids = [part for part in raw.split(",") if part]
-    if not ids:
-        return _error(400, "BadRequest", "Give at least one task id.")
-    if len(ids) > state.batch_limit:
-        return _error(
-            400, "BadRequest", f"At most {state.batch_limit} task ids per request, got {len(ids)}."
-        )
-    bad = [task_id for task_id in ids if not results.is_valid_task_id(task_id)]
-    if bad:
-        return _error(400, "BadRequest", "Malformed task id: expected UUIDs.", invalid=bad[:10])
+        ids = _ids_from_query()
+    refused = _check_ids(state, ids)
+    if refused:
+        return refused
     try:
         views = results.read_jobs(state.celery.backend, ids)
     except Exception:
@@ -160,6 +152,24 @@ def batch_status() -> Any:
     return _no_store(current_app.response_class(body, mimetype="application/json"))
 
 
+def _ids_from_query() -> list[str]:
+    return [part for part in request.args.get("ids", "").split(",") if part]
+
+
+def _check_ids(state: Any, ids: list[str]) -> tuple[Response, int] | None:
+    """A batch of ids is one to the batch limit, each a UUID; else a 400 saying so."""
+    if not ids:
+        return _error(400, "BadRequest", "Give at least one task id.")
+    if len(ids) > state.batch_limit:
+        return _error(
+            400, "BadRequest", f"At most {state.batch_limit} task ids per request, got {len(ids)}."
+        )
+    bad = [task_id for task_id in ids if not results.is_valid_task_id(task_id)]
+    if bad:
+        return _error(400, "BadRequest", "Malformed task id: expected UUIDs.", invalid=bad[:10])
+    return None
+
+
 def events(task_id: str) -> Any:
     """``GET <prefix>/events/<task_id>``: Server-Sent Events, one per status change.
 
@@ -168,16 +178,55 @@ def events(task_id: str) -> Any:
     Beyond the open-stream bounds it answers 429: the widget polls instead.
     """
     state, _ = _readable_job(task_id, must_exist=True)
+    return _stream(state, task_id, lambda: event_stream(state, task_id))
+
+
+def events_many() -> Any:
+    """``GET <prefix>/events?ids=a,b``: several jobs on one stream, owner-checked per id.
+
+    Each ``status`` event is one job's document (it names its ``task_id``);
+    jobs the caller may not see read ``UNKNOWN``. The stream ends with a
+    ``done`` event once every job is final. Its event ids sum up what the
+    browser holds, so a reconnect (``Last-Event-ID``, or ``?cursor=``) sends
+    only what changed meanwhile.
+    """
+    state = _state()
+    ids = list(dict.fromkeys(_ids_from_query()))
+    refused = _check_ids(state, ids)
+    if refused:
+        return refused
+    cursor = request.headers.get("Last-Event-ID") or request.args.get("cursor")
+    return _stream(state, ids[0], lambda: jobs_stream(state, ids, cursor))
+
+
+def events_of_owner() -> Any:
+    """``GET <prefix>/events/jobs``: the current user's "my jobs" list as it changes.
+
+    ``job`` events carry a registry record (added or changed), ``removed``
+    events a job that left the list, ``status`` events the documents of the
+    jobs still running.
+    """
+    state, refused = _registry_or_404()
+    if refused:
+        return refused
+    owner = state.current_owner()
+    if owner is None:
+        return _error(404, "NotFound", "There is no current user, so there are no jobs to watch.")
+    cursor = request.headers.get("Last-Event-ID") or request.args.get("cursor")
+    return _stream(state, "jobs", lambda: owner_stream(state, owner, cursor))
+
+
+def _stream(state: Any, label: str, make: Callable[[], Iterator[str]]) -> Any:
+    """An event-stream response within the open-stream bounds (else 429: poll instead)."""
     key = streams.owner_key(state.current_owner(), request.remote_addr)
     release, bound = state.stream_slots.acquire(key)
     if release is None:
-        response = jsonify(streams.refusal(task_id, bound or "process"))
+        response = jsonify(streams.refusal(label, bound or "process"))
         response.headers["Retry-After"] = str(streams.RETRY_AFTER)
         return _no_store(response), 429
     try:
         chunks = streams.watch_client(
-            stream_with_context(event_stream(state, task_id)),
-            request.environ.get("gunicorn.socket"),
+            stream_with_context(make()), request.environ.get("gunicorn.socket")
         )
         response = Response(chunks, mimetype="text/event-stream")
     except BaseException:
@@ -202,49 +251,15 @@ def cancel(task_id: str) -> Any:
     if refused:
         return refused
     state, view = _readable_job(task_id, must_exist=True)
-    backend = state.celery.backend
     document = _document(state, task_id, view)
     if document["ready"]:
         return _no_store(jsonify(document))
     try:
-        _, stop = guards.update_job(backend, task_id, _cancel_by(state.current_owner()))
-    except Exception:
-        return _unavailable(task_id)
-    with contextlib.suppress(Exception):  # open event streams show the pending cancel
-        guards.republish(backend, task_id)
-    if stop:
-        try:  # queued jobs: the worker that holds the message drops it
-            state.celery.control.revoke(task_id)
-        except Exception:
-            logger.warning("Could not broadcast the cancel of %s", task_id, exc_info=True)
-    elif (view.job or {}).get("owner") == state.current_owner():
-        # the sender left a run others still wait on: it leaves their list
-        state.registry_call("forget", task_id)
-    try:
-        view = results.read_job(backend, task_id)
+        lifecycle.request_cancel(state, task_id, (view.job or {}).get("owner"))
+        view = results.read_job(state.celery.backend, task_id)
     except Exception:
         return _unavailable(task_id)
     return _no_store(jsonify(_document(state, task_id, view)))
-
-
-def _cancel_by(owner: str | None) -> Any:
-    """The job-record change of one cancel: detach ``owner`` or stop the run.
-
-    Returns True when the run must stop: it is not shared, or nobody else
-    still waits on it.
-    """
-
-    def change(job: dict[str, Any]) -> bool:
-        if job.get("shared") and owner is not None:
-            waiting = job.get("owners") or ([job["owner"]] if job.get("owner") else [])
-            detached = [o for o in job.get("detached") or [] if o != owner] + [owner]
-            job["detached"] = detached
-            if any(other not in detached for other in waiting):
-                return False  # others still wait: the run goes on for them
-        job[CANCEL_FIELD] = time.time()
-        return True
-
-    return change
 
 
 def _registry_or_404() -> Any:
@@ -292,7 +307,7 @@ def _settle_lost(state: Any, records: list[Any]) -> list[Any]:
             view is not None
             and _document(state, record.id, view).get("error", {}).get("type") == "WorkerLost"
         ):
-            record = state.registry_call("record_state", record.id, "failed") or record
+            record = state.record_state(record.id, "failed") or record
         settled.append(record)
     return settled
 
@@ -357,6 +372,8 @@ def create_blueprint() -> Blueprint:
     )
     blueprint.add_url_rule("/status/<jobtastic_id:task_id>", "status", status, methods=["GET"])
     blueprint.add_url_rule("/status", "batch_status", batch_status, methods=["GET", "POST"])
+    blueprint.add_url_rule("/events", "events_many", events_many, methods=["GET"])
+    blueprint.add_url_rule("/events/jobs", "events_of_owner", events_of_owner, methods=["GET"])
     blueprint.add_url_rule("/events/<jobtastic_id:task_id>", "events", events, methods=["GET"])
     blueprint.add_url_rule("/cancel/<jobtastic_id:task_id>", "cancel", cancel, methods=["POST"])
     blueprint.add_url_rule("/jobs", "jobs", my_jobs, methods=["GET"])

@@ -21,7 +21,10 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from flask_caching import Cache
 
+from flask_jobtastic.cache import PyMemcacheCache
+from tests.caches import BACKEND, MakeCache
 from tests.rig import (
     ARTIFACTS,
     ROOT,
@@ -57,6 +60,56 @@ def broker_server(redis_server: RedisServer) -> RedisServer:
 def memcached_server() -> Iterator[MemcachedServer]:
     with MemcachedServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def memcached() -> Iterator[MemcachedServer]:
+    """A memcached of the test module's own, shared by its tests that do not crash it.
+
+    Not the session's: cache tests flush it, which would drop the worker's keys.
+    """
+    with MemcachedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def lone_memcached() -> Iterator[MemcachedServer]:
+    """A memcached this test alone may kill and restart."""
+    with MemcachedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_cache() -> Iterator[MakeCache]:
+    """``make_cache(servers, **config)``: a Flask app's Cache on PyMemcacheCache.
+
+    Each gets its own key prefix; their pooled connections are closed after the test.
+    """
+    made: list[Cache] = []
+
+    def make(servers: object, **config: object) -> Cache:
+        app = Flask(__name__)
+        settings = {
+            "CACHE_TYPE": BACKEND,
+            "CACHE_MEMCACHED_SERVERS": servers,
+            "CACHE_KEY_PREFIX": f"t{uuid.uuid4().hex[:10]}:",
+            **config,
+        }
+        cache = Cache(app, config=settings)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        backend = cache.cache
+        if isinstance(backend, PyMemcacheCache):
+            backend.close()
+
+
+@pytest.fixture
+def cache(memcached: MemcachedServer, make_cache: MakeCache) -> Cache:
+    """A Cache on PyMemcacheCache over the module's memcached."""
+    return make_cache([memcached.address])
 
 
 class LazyRabbitMQ:

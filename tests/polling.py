@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 
 
-def poll(client, task_id, predicate, timeout=15.0):
-    """``(response, document)`` of the first status answer that satisfies ``predicate``."""
+def poll(client, task_id, predicate, timeout=15.0, headers=None):
+    """``(response, document)`` of the first status answer that satisfies ``predicate``.
+
+    ``headers`` go with every request (an owner's, where owners are checked).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        response = client.get(f"/jobtastic/status/{task_id}")
+        response = client.get(f"/jobtastic/status/{task_id}", headers=headers)
         document = response.get_json()
         if predicate(document):
             return response, document

@@ -34,8 +34,8 @@ def sse_events(chunks: Iterable[bytes | str]) -> Iterator[tuple[str, Any]]:
         buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
         while "\n\n" in buffer:
             block, buffer = buffer.split("\n\n", 1)
-            if block.startswith((":", "retry:")):
-                continue
+            if block.startswith((":", "retry:", "id:")):
+                continue  # comments, hints and cursor updates dispatch no event
             lines = dict(line.split(": ", 1) for line in block.splitlines())
             yield lines.get("event", "message"), strict_loads(lines["data"])
 

@@ -1,4 +1,4 @@
-"""PyMemcacheCache and the cache helpers, against real memcached and redis servers."""
+"""PyMemcacheCache, against real memcached servers (the herd operations: test_herd.py)."""
 
 from __future__ import annotations
 
@@ -15,103 +15,19 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask_caching import Cache
-from flask_caching.backends.simplecache import SimpleCache
 from pymemcache.client.base import Client
 
-from flask_jobtastic.cache import (
-    AddAtomicity,
-    PyMemcacheCache,
-    cache_add,
-    cache_delete,
-    cache_delete_if_equal,
-    cache_get,
-    cache_get_many,
-    cache_set,
-    claim_herd_key,
-    describe_add_atomicity,
-    refresh_herd_key,
-)
+from flask_jobtastic.cache import PyMemcacheCache
 from flask_jobtastic.cache_serde import FLAG_JSON
-from tests.servers import MemcachedServer, RedisServer, free_port
-
-BACKEND = "flask_jobtastic.cache.PyMemcacheCache"
-LOGGER = "flask_jobtastic.cache"
-
-MakeCache = Callable[..., Cache]
-
-
-@pytest.fixture(scope="module")
-def memcached() -> Iterator[MemcachedServer]:
-    """A memcached shared by the tests that do not crash it."""
-    with MemcachedServer() as server:
-        yield server
-
-
-@pytest.fixture
-def lone_memcached() -> Iterator[MemcachedServer]:
-    """A memcached this test alone may kill and restart."""
-    with MemcachedServer() as server:
-        yield server
-
-
-@pytest.fixture
-def make_cache() -> Iterator[MakeCache]:
-    """Build a Flask app with a Cache on our backend; each gets its own key prefix."""
-    made: list[Cache] = []
-
-    def make(servers: Any, **config: Any) -> Cache:
-        app = Flask(__name__)
-        settings = {
-            "CACHE_TYPE": BACKEND,
-            "CACHE_MEMCACHED_SERVERS": servers,
-            "CACHE_KEY_PREFIX": f"t{uuid.uuid4().hex[:10]}:",
-            **config,
-        }
-        cache = Cache(app, config=settings)
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        backend = cache.cache
-        if isinstance(backend, PyMemcacheCache):
-            backend.close()
-
-
-@pytest.fixture
-def cache(memcached: MemcachedServer, make_cache: MakeCache) -> Cache:
-    return make_cache([memcached.address])
-
-
-def backend_of(cache: Cache) -> PyMemcacheCache:
-    backend = cache.cache
-    assert isinstance(backend, PyMemcacheCache)
-    return backend
-
-
-def warnings_from(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING
-    ]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> float:
-    """Poll until ``predicate`` holds; returns the seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.05)
-    return time.monotonic() - start
+from tests.caches import LOGGER, MakeCache, backend_of, wait_for, warnings_from
+from tests.servers import MemcachedServer, free_port
 
 
 class Point:
@@ -607,112 +523,3 @@ def test_forked_child_does_not_share_connections(memcached: MemcachedServer, tmp
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["0", "0", "0"]
-
-
-# -- herd helpers ------------------------------------------------------------------
-
-
-def test_claim_herd_key_elects_and_releases(cache: Cache) -> None:
-    assert claim_herd_key(cache, "herd", "t1", 30) == ("t1", True)
-    assert claim_herd_key(cache, "herd", "t2", 30) == ("t1", False)
-    assert claim_herd_key(cache, "herd", "t1", 30) == ("t1", True)  # the owner itself
-
-    assert refresh_herd_key(cache, "herd", "t2", 30) is False
-    assert refresh_herd_key(cache, "herd", "t1", 30) is True
-    assert cache.get("herd") == "t1"
-
-    assert cache_delete_if_equal(cache, "herd", "t2") is False
-    assert cache.get("herd") == "t1"
-    assert cache_delete_if_equal(cache, "herd", "t1") is True
-    assert claim_herd_key(cache, "herd", "t2", 30) == ("t2", True)
-
-    barrier = threading.Barrier(20)
-
-    def claim(task_id: str) -> tuple[str, bool]:
-        barrier.wait()
-        return claim_herd_key(cache, "contended", task_id, 30)
-
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        outcomes = list(pool.map(claim, [f"task-{i}" for i in range(20)]))
-    winners = {winner for winner, _ in outcomes}
-    assert len(winners) == 1
-    assert [won for _, won in outcomes].count(True) == 1
-    assert cache.get("contended") == winners.pop()
-
-
-def test_claim_herd_key_expires(cache: Cache) -> None:
-    assert claim_herd_key(cache, "short", "t1", 1) == ("t1", True)
-    wait_for(lambda: cache.get("short") is None, timeout=4)
-    assert claim_herd_key(cache, "short", "t2", 30) == ("t2", True)
-
-
-def test_claim_herd_key_degrades_when_memcached_is_down(
-    lone_memcached: MemcachedServer, make_cache: MakeCache, caplog: pytest.LogCaptureFixture
-) -> None:
-    cache = make_cache([lone_memcached.address])
-    lone_memcached.kill()
-    assert claim_herd_key(cache, "herd", "t1", 30) == ("t1", True)
-    assert claim_herd_key(cache, "herd", "t2", 30) == ("t2", True)
-    assert refresh_herd_key(cache, "herd", "t1", 30) is False
-    messages = warnings_from(caplog)
-    assert sum("unreachable" in m for m in messages) == 1
-    assert sum("could not claim" in m for m in messages) == 1
-
-
-def test_helpers_swallow_errors_of_any_backend(caplog: pytest.LogCaptureFixture) -> None:
-    with RedisServer() as redis_server:
-        app = Flask(__name__)
-        cache = Cache(app, config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": redis_server.url})
-        assert cache_set(cache, "k", {"v": 1}, 0) is True
-        assert cache_get(cache, "k") == {"v": 1}
-        assert cache_get_many(cache, ["k", "missing"]) == [{"v": 1}, None]
-        assert claim_herd_key(cache, "herd", "t1", 30) == ("t1", True)
-        assert claim_herd_key(cache, "herd", "t2", 30) == ("t1", False)
-        assert warnings_from(caplog) == []
-
-        redis_server.kill()
-        with pytest.raises(Exception, match="(?i)connect"):
-            cache.get("k")  # the backend itself raises...
-        assert cache_get(cache, "k") is None  # ...the helpers do not
-        assert cache_get_many(cache, ["k", "j"]) == [None, None]
-        assert cache_set(cache, "k", 1, 30) is False
-        assert cache_add(cache, "k", 1, 30) is False
-        assert cache_delete(cache, "k") is False
-        assert cache_delete_if_equal(cache, "herd", "t1") is False
-        assert refresh_herd_key(cache, "herd", "t1", 30) is False
-        assert claim_herd_key(cache, "herd", "t3", 30) == ("t3", True)
-
-    messages = warnings_from(caplog)
-    assert sum("failed" in m for m in messages) == 1  # one warning per outage, not per call
-    assert sum("could not claim" in m for m in messages) == 1
-
-
-# -- atomicity of add per backend ---------------------------------------------------
-
-
-class TenantCache(SimpleCache):
-    """A user's subclass keeps its base's answer."""
-
-
-@pytest.mark.parametrize(
-    ("config", "expected"),
-    [
-        ({"CACHE_TYPE": "SimpleCache"}, "process-local"),
-        ({"CACHE_TYPE": f"{__name__}.TenantCache"}, "process-local"),
-        ({"CACHE_TYPE": "NullCache", "CACHE_NO_NULL_WARNING": True}, "not-atomic"),
-        ({"CACHE_TYPE": "FileSystemCache"}, "not-atomic"),
-        ({"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": "redis://127.0.0.1:1/0"}, "atomic"),
-        ({"CACHE_TYPE": BACKEND, "CACHE_MEMCACHED_SERVERS": ["127.0.0.1:1"]}, "atomic"),
-    ],
-)
-def test_describe_add_atomicity(config: dict[str, Any], expected: str, tmp_path: Path) -> None:
-    app = Flask(__name__)
-    cache = Cache(app, config={"CACHE_DIR": str(tmp_path), **config})
-    backend = cache.cache
-    try:
-        assert describe_add_atomicity(backend) == expected
-        assert describe_add_atomicity(cache) == expected
-        assert describe_add_atomicity(backend) is AddAtomicity(expected)
-    finally:
-        if isinstance(backend, PyMemcacheCache):
-            backend.close()

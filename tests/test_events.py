@@ -28,6 +28,8 @@ def parse(chunks):
                 yield "comment", block
             elif block.startswith("retry:"):
                 yield "retry", block
+            elif block.startswith("id:"):
+                yield "id", block[len("id: ") :]
             else:
                 lines = dict(line.split(": ", 1) for line in block.splitlines())
                 yield lines.get("event", "message"), json.loads(lines["data"])
@@ -130,3 +132,110 @@ def test_foreign_messages_on_the_channel_give_strict_documents(client, redis_ser
         response.close()
         admin.delete(key, f"jobtastic-run-{task_id}")
         admin.close()
+
+
+# -- several jobs on one stream, and the owner's jobs ------------------------------
+
+
+def read_until(events, predicate, limit=200):
+    """Events up to and including the first that ``predicate`` accepts."""
+    seen = []
+    for name, payload in events:
+        seen.append((name, payload))
+        if predicate(name, payload) or len(seen) >= limit:
+            return seen
+    return seen
+
+
+@pytest.fixture
+def owned_app(make_app):
+    return make_app(owner_header="X-User")
+
+
+ALICE = {"X-User": "alice"}
+
+
+def test_one_stream_carries_several_jobs_each_event_naming_its_job(owned_app, token):
+    client = owned_app.test_client()
+    with owned_app.test_request_context(headers=ALICE):
+        quick = SlowProgressTask.delay_or_fail(token=token + "q", seconds=0.3, steps=3).id
+        slow = SlowProgressTask.delay_or_fail(token=token + "s", seconds=1.5, steps=6).id
+    with owned_app.test_request_context(headers={"X-User": "bob"}):
+        bobs = SlowProgressTask.delay_or_fail(token=token + "b", seconds=0.2, steps=2).id
+    response = client.get(
+        f"/jobtastic/events?ids={quick},{slow},{bobs}", headers=ALICE, buffered=False
+    )
+    assert response.status_code == 200
+    try:
+        events = list(parse(response.response))
+    finally:
+        response.close()
+    statuses = [payload for name, payload in events if name == "status"]
+    by_job: dict[str, list[str]] = {}
+    for document in statuses:
+        by_job.setdefault(document["task_id"], []).append(document["state"])
+    assert by_job[quick][-1] == "SUCCESS" and by_job[slow][-1] == "SUCCESS"
+    assert "PROGRESS" in by_job[slow]  # it streamed while running
+    assert by_job[bobs] == ["UNKNOWN"]  # bob's job reads as unknown to alice
+    assert events[-1][0] == "done"  # and the stream ends once every job is final
+
+
+def test_a_reconnect_with_its_cursor_receives_only_what_changed(owned_app, token):
+    client = owned_app.test_client()
+    with owned_app.test_request_context(headers=ALICE):
+        done = SlowProgressTask.delay_or_fail(token=token + "d", seconds=0.1, steps=1)
+        done.get(timeout=15)
+        running = SlowProgressTask.delay_or_fail(token=token + "r", seconds=2.0, steps=4).id
+    url = f"/jobtastic/events?ids={done.id},{running}"
+    response = client.get(url, headers=ALICE, buffered=False)
+    try:
+        first = read_until(parse(response.response), lambda name, _: name == "id")
+    finally:
+        response.close()
+    cursor = first[-1][1]
+    assert any(name == "status" and p["task_id"] == done.id for name, p in first)
+    again = client.get(url, headers={**ALICE, "Last-Event-ID": cursor}, buffered=False)
+    try:
+        events = list(parse(again.response))
+    finally:
+        again.close()
+    resent = [p["task_id"] for name, p in events if name == "status"]
+    assert done.id not in resent  # the browser has it already
+    assert resent and set(resent) == {running}  # what changed is sent
+    assert events[-1][0] == "done"
+
+
+def test_the_owner_stream_shows_jobs_started_later_and_their_removal(owned_app, token):
+    client = owned_app.test_client()
+    response = client.get("/jobtastic/events/jobs", headers=ALICE, buffered=False)
+    assert response.status_code == 200
+    events = parse(response.response)
+    try:
+        next(events)  # the retry hint
+        with owned_app.test_request_context(headers=ALICE):
+            from tests.tasks import TrackedTask
+
+            job = TrackedTask.delay_or_fail(token=token, seconds=0.5).id
+        added = read_until(events, lambda name, p: name == "job" and p["id"] == job)
+        assert added[-1][1]["state"] in ("queued", "running")
+        finished = read_until(
+            events, lambda name, p: name == "job" and p["id"] == job and p["finished"]
+        )
+        assert finished[-1][1]["state"] == "succeeded"
+        owned_app.extensions["jobtastic"].registry.forget(job)
+        removed = read_until(events, lambda name, p: name == "removed")
+        assert removed[-1][1] == {"task_id": job}
+    finally:
+        response.close()
+
+
+def test_the_owner_stream_needs_a_current_user(owned_app):
+    response = owned_app.test_client().get("/jobtastic/events/jobs")
+    assert response.status_code == 404 and response.is_json
+
+
+def test_bad_id_lists_are_refused_like_the_batch_status(client):
+    assert client.get("/jobtastic/events?ids=").status_code == 400
+    assert client.get("/jobtastic/events?ids=nope").status_code == 400
+    many = ",".join(str(uuid.uuid4()) for _ in range(101))
+    assert client.get(f"/jobtastic/events?ids={many}").status_code == 400

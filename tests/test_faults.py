@@ -26,7 +26,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_jobtastic import keys
-from flask_jobtastic.cache import cache_get
+from flask_jobtastic.herd import cache_get
 from tests.app_factory import close_app, create_app
 from tests.rig import BROKERS, ROOT, RigPool, Servers, WorkerProcess
 from tests.servers import free_port

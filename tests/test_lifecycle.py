@@ -11,6 +11,8 @@ import pytest
 import redis
 
 from flask_jobtastic import JobtasticTask, results
+from flask_jobtastic.binding import registered_instance
+from flask_jobtastic.lifecycle import cache_ttl
 from tests import tasks
 from tests.app_factory import close_app, create_app
 from tests.tasks import CancellableTask, CountedTask, RetryLaterTask, SilentTask
@@ -74,12 +76,12 @@ def test_cached_ids_live_no_longer_than_the_results_they_point_to(token):
     )
     try:
         with app.app_context():
-            task = CountedTask._registered_instance()
-            assert task._cache_ttl() == 60  # cache_duration below result_expires
+            task = registered_instance(CountedTask)
+            assert cache_ttl(task) == 60  # cache_duration below result_expires
             forever = type(task).cache_duration
             type(task).cache_duration = 0  # "forever" means as long as the result lives
             try:
-                assert task._cache_ttl() == 120
+                assert cache_ttl(task) == 120
             finally:
                 type(task).cache_duration = forever
     finally:

@@ -49,6 +49,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.test import EnvironBuilder, TestResponse
 
 from flask_jobtastic import JobtasticTask, defaults, keys
+from flask_jobtastic.binding import registered_instance
 from tests import strict
 from tests.app_factory import close_app, create_app
 from tests.tasks import RETURNED, ReturnsTask
@@ -674,7 +675,7 @@ def test_cache_key_for_any_payload_is_valid_or_a_type_error_naming_it(
     app: Flask, value: Any
 ) -> None:
     with app.app_context():
-        task = PropertyPayloadTask._registered_instance()
+        task = registered_instance(PropertyPayloadTask)
         try:
             key = task.cache_key_for((), {"payload": value})
         except TypeError as exc:

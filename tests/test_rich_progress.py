@@ -136,27 +136,6 @@ def test_mark_seen_refuses_others_and_unfinished_jobs(owned_app, token):
     assert mine.status_code == 200 and mine.get_json()["seen"] is True
 
 
-def test_cleanup_command_removes_seen_finished_jobs_only(token):
-    app = create_app(owner_header="X-User", JOBTASTIC_REGISTRY_SEEN_TTL=0.5)
-    try:
-        client = app.test_client()
-        with app.test_request_context(headers=ALICE):
-            seen = TrackedTask.delay_or_fail(token=token, seconds=0.1)
-            unseen = TrackedTask.delay_or_fail(token=token + "-u", seconds=0.1)
-        wait_ready(client, seen.id, ALICE)
-        wait_ready(client, unseen.id, ALICE)
-        time.sleep(0.3)
-        client.post(f"/jobtastic/jobs/{seen.id}/seen", headers={**ALICE, **POST})
-        time.sleep(0.7)
-        output = app.test_cli_runner().invoke(args=["jobtastic", "cleanup"])
-        assert "Removed" in output.output
-        registry = app.extensions["jobtastic"].registry
-        assert registry.get(seen.id) is None
-        assert registry.get(unseen.id) is not None
-    finally:
-        close_app(app)
-
-
 def test_track_state_per_call_reaches_the_worker(owned_app, token):
     client = owned_app.test_client()
     with owned_app.test_request_context(headers=ALICE):

@@ -13,6 +13,7 @@ import pytest
 import redis
 from celery.signals import before_task_publish
 
+from flask_jobtastic.binding import registered_instance
 from tests import tasks
 from tests.polling import poll
 from tests.rig import every_broker
@@ -310,7 +311,7 @@ def test_a_million_progress_calls_make_few_backend_writes(app, redis_server):
 
 def run_eager(app, task_cls, **kwargs):
     with app.app_context():
-        return task_cls._registered_instance().apply(kwargs=kwargs, task_id=str(uuid.uuid4()))
+        return registered_instance(task_cls).apply(kwargs=kwargs, task_id=str(uuid.uuid4()))
 
 
 def test_memleak_below_threshold_is_quiet(app, caplog, token):
