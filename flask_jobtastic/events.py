@@ -77,11 +77,14 @@ def jobs_stream(state: Any, task_ids: list[str], cursor: str | None) -> Iterator
     yield from stream.run(task_ids)
 
 
-def owner_stream(state: Any, owner: str, cursor: str | None) -> Iterator[str]:
-    """The current owner's jobs (``/events/jobs``): what "my jobs" shows, as it changes."""
+def owner_stream(
+    state: Any, owner: str, cursor: str | None, task_ids: list[str] | None = None
+) -> Iterator[str]:
+    """The current owner's jobs (``/events/jobs``): what "my jobs" shows, as it changes,
+    and any more jobs the page shows bars of."""
     yield "retry: 2000\n\n"
     stream = _Stream(state, hub_for(state), single=False, held=parse_cursor(cursor))
-    yield from stream.run([], owner=owner)
+    yield from stream.run(list(task_ids or ()), owner=owner)
 
 
 class _Stream:

@@ -204,7 +204,8 @@ def events_of_owner() -> Any:
 
     ``job`` events carry a registry record (added or changed), ``removed``
     events a job that left the list, ``status`` events the documents of the
-    jobs still running.
+    jobs still running. ``?ids=`` adds more jobs (a page's bars), checked as
+    on ``/events?ids=``, so one stream serves the whole page.
     """
     state, refused = _registry_or_404()
     if refused:
@@ -212,8 +213,12 @@ def events_of_owner() -> Any:
     owner = state.current_owner()
     if owner is None:
         return _error(404, "NotFound", "There is no current user, so there are no jobs to watch.")
+    ids = list(dict.fromkeys(_ids_from_query()))
+    refused = _check_ids(state, ids) if ids else None
+    if refused:
+        return refused
     cursor = request.headers.get("Last-Event-ID") or request.args.get("cursor")
-    return _stream(state, "jobs", lambda: owner_stream(state, owner, cursor))
+    return _stream(state, "jobs", lambda: owner_stream(state, owner, cursor, ids))
 
 
 def _stream(state: Any, label: str, make: Callable[[], Iterator[str]]) -> Any:
