@@ -14,10 +14,14 @@
  *   Jobtastic.get(element);          // the element's tracker, or null
  *   $("#report").jobtastic({taskId: id}).data("jobtastic");   // when jQuery is there
  *
- * Transports: "events" (EventSource on eventsUrl), "polling" (fetch on statusUrl, one
- * request at a time, backoff on trouble) and "auto" (events when the browser has
- * EventSource, polling once the stream fails or is refused, and beyond maxStreams open
- * streams on the page). Each callback also fires as a bubbling DOM event on the element
+ * Transports: every bar on the default URLs (and the jobs list) rides the page's ONE
+ * stream (PageStream: <prefix>/events?ids=..., or /events/jobs?ids=... with a jobs list),
+ * which falls back to ONE batched poll (GET <prefix>/status?ids=...) for all bars when
+ * streaming is unavailable. A bar with transport "polling", a statusUrl or eventsUrl of
+ * its own, or pageStream: false keeps a transport of its own: "events" (EventSource on
+ * eventsUrl, at most maxStreams of them) or "polling" (fetch on statusUrl, one request at
+ * a time, backoff on trouble), "auto" being events, then polling once the stream fails
+ * or is refused. Each callback also fires as a bubbling DOM event on the element
  * (jobtastic:update, :progress, :success, :failure, :error, :finish) with
  * `event.detail = {tracker, document, data}`, data being the callback's first argument
  * (the result for :success). Client-side final errors (an HTTP 400, say) get the state
@@ -26,8 +30,8 @@
  * Cancel: "Cancelling…" (button disabled) from the click, or while a document carries
  * `cancel_pending: true`, until a final document; a failed POST says so and re-enables it.
  *
- * Inside, a Tracker puts together: two transports (Poller, Stream) that report to a
- * listener, the StateMachine (the listener: it decides what happens after each
+ * Inside, a Tracker puts together: two transports (Poller, and SharedFeed on the
+ * PageStream or a Stream of its own) that report to a listener, the StateMachine (the listener: it decides what happens after each
  * document or failure), and a BarView that renders the machine's state into the element.
  * JobsList keeps the "my jobs" list. Node can require this file (see the end) to test
  * the parts that need no DOM: `node --test tests/js/`.
@@ -1474,7 +1478,10 @@
       this.polling = !live;
       clearTimeout(this.timer);
       if (this.polling) this.refresh();
-      else this.showNote("");
+      else {
+        this.known = new Map(this.records); // the stream goes on from the last list
+        this.showNote("");
+      }
     }
 
     onJob(record) {
@@ -1573,7 +1580,10 @@
       this.records.clear();
       for (const job of jobs) this.records.set(job.id, job);
       for (const item of Array.from(this.list.children)) {
-        if (!this.records.has(item.getAttribute("data-job-id"))) item.remove();
+        if (this.records.has(item.getAttribute("data-job-id"))) continue;
+        const bar = item.querySelector(".jobtastic"), tracker = bar && trackers.get(bar);
+        if (tracker) tracker.stop(); // its job left the list: stop following it
+        item.remove();
       }
       for (const job of jobs.slice().reverse()) this.update(this.itemFor(job));
       if (this.empty) this.empty.hidden = jobs.length > 0;
@@ -1585,8 +1595,8 @@
       let wait = this.opts.interval;
       try {
         const jobs = await this.load();
-        if (!this.polling) { // on the stream: a one-off load adds to what it sent
-          for (const job of jobs) if (job && job.id) this.known.set(job.id, job);
+        if (!this.polling) { // on the stream: a one-off load, what it sends goes on from it
+          this.known = new Map(jobs.filter((job) => job && job.id).map((job) => [job.id, job]));
         }
         this.render(jobs);
         this.failures = 0;
