@@ -14,10 +14,14 @@
  *   Jobtastic.get(element);          // the element's tracker, or null
  *   $("#report").jobtastic({taskId: id}).data("jobtastic");   // when jQuery is there
  *
- * Transports: "events" (EventSource on eventsUrl), "polling" (fetch on statusUrl, one
- * request at a time, backoff on trouble) and "auto" (events when the browser has
- * EventSource, polling once the stream fails or is refused, and beyond maxStreams open
- * streams on the page). Each callback also fires as a bubbling DOM event on the element
+ * Transports: every bar on the default URLs (and the jobs list) rides the page's ONE
+ * stream (PageStream: <prefix>/events?ids=..., or /events/jobs?ids=... with a jobs list),
+ * which falls back to ONE batched poll (GET <prefix>/status?ids=...) for all bars when
+ * streaming is unavailable. A bar with transport "polling", a statusUrl or eventsUrl of
+ * its own, or pageStream: false keeps a transport of its own: "events" (EventSource on
+ * eventsUrl, at most maxStreams of them) or "polling" (fetch on statusUrl, one request at
+ * a time, backoff on trouble), "auto" being events, then polling once the stream fails
+ * or is refused. Each callback also fires as a bubbling DOM event on the element
  * (jobtastic:update, :progress, :success, :failure, :error, :finish) with
  * `event.detail = {tracker, document, data}`, data being the callback's first argument
  * (the result for :success). Client-side final errors (an HTTP 400, say) get the state
@@ -26,8 +30,8 @@
  * Cancel: "Cancelling…" (button disabled) from the click, or while a document carries
  * `cancel_pending: true`, until a final document; a failed POST says so and re-enables it.
  *
- * Inside, a Tracker puts together: two transports (Poller, Stream) that report to a
- * listener, the StateMachine (the listener: it decides what happens after each
+ * Inside, a Tracker puts together: two transports (Poller, and SharedFeed on the
+ * PageStream or a Stream of its own) that report to a listener, the StateMachine (the listener: it decides what happens after each
  * document or failure), and a BarView that renders the machine's state into the element.
  * JobsList keeps the "my jobs" list. Node can require this file (see the end) to test
  * the parts that need no DOM: `node --test tests/js/`.
@@ -52,7 +56,8 @@
     maxPollInterval: 10000, // ms, the ceiling of the backoff
     maxConsecutiveErrors: 3, // failed polls before the error state and onError
     unknownRetries: 3, // a job just sent may not be recorded yet
-    maxStreams: 4, // open event streams per page; more bars poll (a browser has 6 connections)
+    pageStream: true, // ride the page's one stream (false: an EventSource of the bar's own)
+    maxStreams: 4, // streams of bars' own per page; more poll (a browser has 6 connections)
     cancelButton: false,
     theme: "plain", // "plain" | "bootstrap" (Bootstrap 5 classes)
     autoInit: true, // scan the page on DOMContentLoaded
@@ -321,7 +326,10 @@
     constructor(url, maxStreams, listener, EventSourceClass) {
       const ES = EventSourceClass || (window && window.EventSource);
       Object.assign(this, { url, maxStreams, listener, EventSource: ES, es: null });
+      Object.assign(this, { mode: "events", rejoins: false });
     }
+
+    get live() { return !!this.es; }
 
     start() {
       const refusedLately = performance.now() - streams.refusedAt < STREAM_PAUSE;
@@ -370,6 +378,515 @@
     }
   }
 
+  // ---- the page's stream: one connection for every bar and the jobs list ---------------
+
+  const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+  const BATCH_LIMIT = 100; // ids per request: the server's JOBTASTIC_BATCH_LIMIT default
+  const SYNC_DELAY = 75; // ms: bars added or removed together reopen the stream once
+  const STREAM_RETRY = [5000, 10000, 20000, 40000, 60000]; // ms of polling before a retry
+  const OWNER_RETRY_MAX = 300000; // ms: the longest wait before asking for the list again
+  const STREAM_ERRORS = 3; // errors of a stream without it opening again: poll instead
+  const OUTAGE = { type: "http", status: 503, message: "Job status is temporarily unavailable" };
+
+  const isFinal = (doc) => doc.ready === true || FINAL.indexOf(doc.state) >= 0;
+
+  /** What the page stream and the batched poller use; node tests pass fakes. */
+  function defaultEnv() {
+    return {
+      EventSource: window ? window.EventSource : undefined,
+      fetch: (url, init) => fetch(url, init),
+      setTimeout: (fn, ms) => setTimeout(fn, ms),
+      clearTimeout: (timer) => clearTimeout(timer),
+      now: () => Date.now(),
+    };
+  }
+
+  /**
+   * The page stream a tracker may ride: its prefix, or null when the bar keeps a
+   * transport of its own (transport "polling", a statusUrl or eventsUrl of its own, a
+   * task id that is not a UUID: the server refuses a batch holding one).
+   */
+  function sharedPrefix(o) {
+    if (o.pageStream === false || o.transport === "polling") return null;
+    const id = String(o.taskId);
+    if (!UUID.test(id)) return null;
+    const m = /^(.*)\/status\/([^/?#]+)$/.exec(o.statusUrl);
+    if (!m || m[2] !== id || o.eventsUrl !== m[1] + "/events/" + id) return null;
+    return m[1];
+  }
+
+  /**
+   * GET <prefix>/status?ids=... for every id the page polls, one request at a time:
+   * `interval` after an answer, doubling up to `maxInterval` on trouble (never sooner
+   * than Retry-After). The listener gets onBatch({id: doc}), onBatchTrouble(info) and
+   * onBatchFatal(status, body) (a 4xx: retrying would not help).
+   */
+  class BatchPoller {
+    constructor(prefix, ids, listener, env) {
+      Object.assign(this, { prefix, ids, listener, env, active: false, timer: null, delay: 0 });
+    }
+
+    get interval() { return Math.max(50, Number(settings.pollInterval) || 1000); }
+
+    start(delay) {
+      this.active = true;
+      this.env.clearTimeout(this.timer);
+      this.timer = this.env.setTimeout(() => this.poll(), delay);
+    }
+
+    poke() {
+      if (this.active && this.timer) this.start(0);
+    }
+
+    stop() {
+      this.active = false;
+      this.env.clearTimeout(this.timer);
+      this.timer = null;
+    }
+
+    async poll() {
+      this.timer = null;
+      const ids = this.active ? this.ids().slice(0, BATCH_LIMIT) : [];
+      if (!ids.length) return (this.active = false); // start() again once there are bars
+      const url = this.prefix + "/status?ids=" + ids.map(encodeURIComponent).join(",");
+      let res = null, body = null;
+      try {
+        res = await this.env.fetch(url, {
+          credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" },
+        });
+        body = await res.json().catch(() => null);
+      } catch (e) { res = null; }
+      if (!this.active) return;
+      const tasks = body && body.tasks && typeof body.tasks === "object" ? body.tasks : null;
+      if (res && res.ok && tasks) {
+        this.delay = 0;
+        this.listener.onBatch(tasks);
+        if (this.active && !this.timer) this.start(this.interval);
+        return;
+      }
+      if (res && !res.ok && res.status < 500 && res.status !== 408 && res.status !== 429) {
+        return this.listener.onBatchFatal(res.status, body);
+      }
+      const retryAfter = (res && Number(res.headers.get("Retry-After")) * 1000) || 0;
+      const ceiling = Math.max(this.interval, Number(settings.maxPollInterval) || 0);
+      this.delay = Math.min(ceiling, Math.max((this.delay || this.interval) * 2, retryAfter));
+      this.listener.onBatchTrouble(res ? { type: "http", status: res.status,
+        message: res.statusText || "" } : { type: "network", message: "no response" });
+      if (this.active) this.start(this.delay);
+    }
+  }
+
+  /**
+   * One page's stream of every bar (subscribe) and the jobs list (watchList) under one
+   * URL prefix: a single EventSource on <prefix>/events?ids=... or, with a jobs list, on
+   * <prefix>/events/jobs?ids=... (the owner's list and the bars on one connection).
+   *
+   * Bars added or removed reopen it once (SYNC_DELAY), with ?cursor= (the last event id)
+   * so the server sends only what changed; final jobs are dropped (the server drops
+   * them too) and need no reopen; `done` closes it. Jobs the open list stream already
+   * watches (listed, unfinished) need no reopen either; a bar added for a listed,
+   * finished job gets its document from one batched GET /status?ids= read.
+   *
+   * Refused (a 429, or a 404 of the list: no current user, no registry) or failing
+   * (STREAM_ERRORS errors without opening again): the jobs list polls GET /jobs on its
+   * own, the bars get ONE batched poll (BatchPoller), and the stream is tried again after
+   * STREAM_RETRY. `reconnecting` / `resumed` (the server lost Redis, got it back) show
+   * and clear the connection trouble of every bar and the list.
+   *
+   * Bars are listeners with onDocument(doc), onTransport(mode), onFeedTrouble(info),
+   * onFeedOutage(info), onFeedRecovered() and onFatal(status, body); lists have
+   * onJob(record), onRemoved(id), onListTrouble(), onListRecovered() and onFeed(live).
+   */
+  class PageStream {
+    constructor(prefix, env) {
+      this.prefix = prefix;
+      this.env = Object.assign(defaultEnv(), env);
+      this.subs = new Map(); // job id -> its bars
+      this.docs = new Map(); // job id -> the last document (UNKNOWN ones are not kept)
+      this.lists = new Set();
+      this.records = new Map(); // job id -> the owner's list's last record of it
+      this.mode = null; // "events" | "polling" | null (nothing to follow)
+      this.es = null;
+      this.cursor = ""; // the last event id: what the page holds
+      this.outage = null; // OUTAGE while the server says it lost Redis
+      this.poller = null;
+      this.ownerOff = false; // the list stream is not there (404): lists poll for good
+      this.ownerRetryAt = 0;
+      this.ownerRefusals = 0;
+      this.refusals = 0;
+      this.probing = false; // the bars' stream right after the list's was refused
+      this.catchUp = new Set(); // listed, finished jobs to read once
+      this.reading = new Set();
+      this.timers = { sync: null, retry: null, catchUp: null };
+      this.forget();
+    }
+
+    /** What belongs to one connection. */
+    forget() {
+      Object.assign(this, { es: null, esIds: new Set(), esList: false, opened: false, errors: 0 });
+      this.gone = new Set(); // ids the server dropped on this connection (final, unknown)
+      this.covered = new Set(); // listed unfinished jobs: the list stream watches them
+      this.needStream = new Set(); // listed as finished, yet not final when read
+    }
+
+    /** Whether one more bar may ride it (the server takes BATCH_LIMIT ids). */
+    accepts(id) {
+      return this.subs.has(id) || this.subs.size < BATCH_LIMIT;
+    }
+
+    subscribe(id, listener) {
+      let bars = this.subs.get(id);
+      if (!bars) this.subs.set(id, (bars = new Set()));
+      bars.add(listener);
+      // Asynchronously: the tracker is still starting. What the page already has.
+      Promise.resolve().then(() => {
+        if (!bars.has(listener)) return;
+        if (this.outage) listener.onFeedOutage(this.outage);
+        const doc = this.docs.get(id);
+        if (doc) listener.onDocument(doc);
+      });
+      if (this.mode === "polling" && this.poller) {
+        if (!this.poller.active) this.poller.start(0);
+        else this.poller.poke();
+      }
+      this.schedule();
+    }
+
+    unsubscribe(id, listener) {
+      const bars = this.subs.get(id);
+      if (!bars || !bars.delete(listener)) return;
+      if (!bars.size) this.subs.delete(id);
+      this.schedule();
+    }
+
+    watchList(listener) {
+      this.lists.add(listener);
+      Promise.resolve().then(() => {
+        if (!this.lists.has(listener)) return;
+        if (this.mode === "polling" || !this.ownerWanted()) listener.onFeed(false);
+        for (const record of this.sortedRecords()) listener.onJob(record);
+        if (this.outage) listener.onListTrouble();
+      });
+      this.schedule();
+      return { stop: () => { this.lists.delete(listener); this.schedule(); } };
+    }
+
+    /** Poll now if the page polls. */
+    poke() {
+      if (this.mode === "polling" && this.poller) this.poller.poke();
+    }
+
+    /** Whether the lists ride the stream now (else they poll GET /jobs). */
+    listLive() {
+      return this.mode === "events" && this.esList;
+    }
+
+    /** The owner's list as the server orders it: newest first. */
+    sortedRecords() {
+      const key = (r) => Number(r.created_at) || 0;
+      return Array.from(this.records.values())
+        .sort((a, b) => key(b) - key(a) || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+    }
+
+    // -- which stream the page needs --
+
+    /** Ids of the bars whose job is not final (as the page knows it). */
+    wanted() {
+      const ids = [];
+      for (const id of this.subs.keys()) {
+        const doc = this.docs.get(id);
+        if (!doc || !isFinal(doc)) ids.push(id);
+      }
+      return ids;
+    }
+
+    ownerWanted() {
+      return this.lists.size > 0 && !this.ownerOff && this.env.now() >= this.ownerRetryAt;
+    }
+
+    schedule() {
+      if (this.timers.sync === null) {
+        this.timers.sync = this.env.setTimeout(() => this.sync(), SYNC_DELAY);
+      }
+    }
+
+    sync() {
+      this.timers.sync = null;
+      const wanted = this.wanted(), list = this.ownerWanted();
+      if (this.mode === "polling") {
+        if (wanted.length && !this.poller.active) this.poller.start(0);
+        return;
+      }
+      if (!wanted.length && !list) return this.close();
+      if (!this.satisfies(wanted, list)) this.open(wanted, list);
+    }
+
+    /** Whether the open stream delivers every wanted job and no bar's job that left. */
+    satisfies(wanted, list) {
+      if (!this.es || list !== this.esList) return false;
+      for (const id of wanted) {
+        if (this.delivers(id)) continue;
+        const record = this.records.get(id);
+        if (!this.esList || !record || !record.finished || this.needStream.has(id)) return false;
+        this.readOnce(id); // listed as finished: one batched read, no reopen
+      }
+      for (const id of this.esIds) if (!this.gone.has(id) && !this.subs.has(id)) return false;
+      return true;
+    }
+
+    delivers(id) {
+      if (this.esIds.has(id) && !this.gone.has(id)) return true;
+      if (this.esList && this.covered.has(id)) return true;
+      return this.catchUp.has(id) || this.reading.has(id);
+    }
+
+    // -- the EventSource --
+
+    open(wanted, list) {
+      this.closeStream();
+      const ES = this.env.EventSource;
+      if (typeof ES !== "function") return this.startPolling(Infinity);
+      const params = [];
+      if (wanted.length) params.push("ids=" + wanted.map(encodeURIComponent).join(","));
+      if (this.cursor) params.push("cursor=" + encodeURIComponent(this.cursor));
+      const url = this.prefix + (list ? "/events/jobs" : "/events") +
+        (params.length ? "?" + params.join("&") : "");
+      let es;
+      try { es = new ES(url); } catch (e) { return this.startPolling(Infinity); }
+      this.esIds = new Set(wanted);
+      Object.assign(this, { es, esList: list });
+      streams.open += 1;
+      this.listen(es);
+      this.setMode("events");
+    }
+
+    closeStream() {
+      if (this.es) {
+        this.es.close();
+        streams.open -= 1;
+      }
+      this.forget();
+    }
+
+    close() {
+      this.closeStream();
+      if (this.poller) this.poller.stop();
+      this.setMode(null);
+    }
+
+    listen(es) {
+      const on = (type, handler) => es.addEventListener(type, (event) => {
+        if (this.es !== es) return;
+        if (event.lastEventId) this.cursor = event.lastEventId;
+        let data = null;
+        try { data = JSON.parse(event.data); } catch (e) { return; }
+        if (data && typeof data === "object") handler(data);
+      });
+      es.addEventListener("open", () => { if (this.es === es) this.onOpen(); });
+      es.addEventListener("error", () => { if (this.es === es) this.onError(es); });
+      on("status", (doc) => this.onStatus(doc));
+      on("job", (record) => this.onJob(record));
+      on("removed", (data) => this.onRemoved(String(data.task_id)));
+      on("reconnecting", () => this.onOutage(OUTAGE));
+      on("resumed", () => this.onOutage(null));
+      on("done", () => {
+        this.closeStream();
+        this.schedule(); // bars added since the stream opened
+      });
+    }
+
+    onOpen() {
+      const probe = this.probing;
+      this.probing = false;
+      Object.assign(this, { opened: true, errors: 0, refusals: 0 });
+      if (this.esList) {
+        this.ownerRefusals = 0;
+        for (const list of this.lists) list.onFeed(true);
+      } else if (probe) this.ownerOff = true; // the bars' stream opens, the list's did not
+    }
+
+    onError(es) {
+      this.errors += 1;
+      if (es.readyState === 2) this.refused(); // an HTTP error: 429, 404, 503
+      else if (this.errors >= STREAM_ERRORS) this.startPolling(); // keeps failing
+      // else the browser reconnects on its own, sending Last-Event-ID
+    }
+
+    refused() {
+      if (!this.esList) return this.startPolling();
+      // The list's stream: the bars may still have theirs (a 404 means no current user).
+      this.ownerRefusals += 1;
+      this.ownerRetryAt = this.env.now() +
+        Math.min(STREAM_RETRY[0] * Math.pow(2, this.ownerRefusals - 1), OWNER_RETRY_MAX);
+      this.probing = !this.opened;
+      this.closeStream();
+      for (const list of this.lists) list.onFeed(false);
+      this.later("retry", () => this.schedule(), this.ownerRetryAt - this.env.now());
+      this.sync();
+    }
+
+    onStatus(doc) {
+      if (!isDocument(doc) || typeof doc.task_id !== "string") return;
+      const id = doc.task_id;
+      if (isFinal(doc)) this.gone.add(id);
+      this.deliver(id, doc);
+    }
+
+    deliver(id, doc) {
+      if (doc.state === "UNKNOWN") this.docs.delete(id); // asked again, not kept
+      else this.docs.set(id, doc);
+      for (const bar of Array.from(this.subs.get(id) || [])) bar.onDocument(doc);
+    }
+
+    onJob(record) {
+      if (typeof record.id !== "string") return;
+      this.records.set(record.id, record);
+      if (!record.finished) this.covered.add(record.id);
+      for (const list of Array.from(this.lists)) list.onJob(record);
+      if (record.finished && this.subs.has(record.id)) this.schedule();
+    }
+
+    onRemoved(id) {
+      this.records.delete(id);
+      this.covered.delete(id);
+      this.gone.add(id); // the server stops watching it, its bar's too
+      for (const list of Array.from(this.lists)) list.onRemoved(id);
+      if (this.subs.has(id)) this.schedule();
+    }
+
+    /** Call fn(bar) for each bar whose job is not final. */
+    eachBar(fn) {
+      for (const id of this.wanted()) {
+        for (const bar of Array.from(this.subs.get(id) || [])) fn(bar);
+      }
+    }
+
+    onOutage(outage) {
+      this.outage = outage;
+      this.eachBar((bar) => (outage ? bar.onFeedOutage(outage) : bar.onFeedRecovered()));
+      for (const list of Array.from(this.lists)) {
+        if (outage) list.onListTrouble();
+        else list.onListRecovered();
+      }
+    }
+
+    setMode(mode) {
+      if (this.mode === mode) return;
+      this.mode = mode;
+      for (const bars of Array.from(this.subs.values())) {
+        for (const bar of Array.from(bars)) bar.onTransport(mode || "events");
+      }
+    }
+
+    later(name, fn, ms) {
+      this.env.clearTimeout(this.timers[name]);
+      this.timers[name] = this.env.setTimeout(() => {
+        this.timers[name] = null;
+        fn();
+      }, Math.max(0, ms));
+    }
+
+    // -- the batched poll, when the stream is refused or keeps failing --
+
+    startPolling(wait) {
+      this.closeStream();
+      this.refusals += 1;
+      this.outage = null;
+      this.setMode("polling");
+      for (const list of this.lists) list.onFeed(false);
+      if (!this.poller) this.poller = new BatchPoller(this.prefix, () => this.wanted(), this, this.env);
+      this.poller.start(0);
+      if (wait === Infinity) return; // no EventSource in this browser: poll for good
+      wait = wait || STREAM_RETRY[Math.min(this.refusals, STREAM_RETRY.length) - 1];
+      this.later("retry", () => this.retryStream(), wait);
+    }
+
+    retryStream() {
+      if (this.mode !== "polling") return;
+      this.poller.stop();
+      this.setMode(null);
+      this.sync();
+    }
+
+    onBatch(tasks) {
+      this.eachBar((bar) => bar.onFeedRecovered());
+      for (const id of Object.keys(tasks)) {
+        const doc = tasks[id], known = this.docs.get(id);
+        if (!isDocument(doc)) continue;
+        if (known && JSON.stringify(known) === JSON.stringify(doc)) continue; // unchanged
+        this.deliver(id, doc);
+      }
+    }
+
+    onBatchTrouble(info) {
+      this.eachBar((bar) => bar.onFeedTrouble(info));
+    }
+
+    onBatchFatal(status, body) {
+      this.eachBar((bar) => bar.onFatal(status, body));
+    }
+
+    // -- one read of listed, finished jobs a bar was added for --
+
+    readOnce(id) {
+      if (this.catchUp.has(id) || this.reading.has(id)) return;
+      this.catchUp.add(id);
+      if (this.timers.catchUp === null) this.later("catchUp", () => this.readListed(), 0);
+    }
+
+    async readListed() {
+      const ids = Array.from(this.catchUp).slice(0, BATCH_LIMIT);
+      ids.forEach((id) => { this.catchUp.delete(id); this.reading.add(id); });
+      if (this.catchUp.size) this.later("catchUp", () => this.readListed(), 0);
+      let tasks = null;
+      try {
+        const res = await this.env.fetch(this.prefix + "/status?ids=" + ids.join(","), {
+          credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" },
+        });
+        const body = res.ok ? await res.json() : null;
+        tasks = body && body.tasks;
+      } catch (e) { tasks = null; }
+      for (const id of ids) {
+        this.reading.delete(id);
+        const doc = tasks && tasks[id];
+        if (isDocument(doc)) this.deliver(id, doc);
+        if (!isDocument(doc) || !isFinal(doc)) this.needStream.add(id); // the stream, then
+      }
+      this.schedule();
+    }
+  }
+
+  /** PageStream per URL prefix: the page's one stream. */
+  const pageStreams = new Map();
+
+  function pageStreamFor(prefix) {
+    prefix = prefixOf(prefix);
+    if (!pageStreams.has(prefix)) pageStreams.set(prefix, new PageStream(prefix));
+    return pageStreams.get(prefix);
+  }
+
+  /** A tracker's transport on the page stream: start() subscribes, stop() leaves. */
+  class SharedFeed {
+    constructor(hub, taskId, listener) {
+      Object.assign(this, { hub, taskId, listener, live: false, rejoins: true });
+    }
+
+    get mode() { return this.hub.mode || "events"; }
+
+    start() {
+      if (!this.live) this.hub.subscribe(this.taskId, this.listener);
+      this.live = true;
+      return true;
+    }
+
+    stop() {
+      if (this.live) this.hub.unsubscribe(this.taskId, this.listener);
+      this.live = false;
+    }
+
+    poke() { this.hub.poke(); }
+  }
+
   /** POST cancelUrl: {ok, body}, ok false when the server can't be reached or refuses. */
   async function postCancel(url) {
     let res = null, body = null;
@@ -410,13 +927,15 @@
       this.unknownSeen = 0;
       this.cancelState = null; // null | "sending" | "sent"
       this.notice = ""; // "Could not cancel the job"
+      this.rejoin = false; // back to the page stream once an UNKNOWN job is found
     }
 
     /** Show the initial state, then listen: the stream if allowed and possible, else poll. */
     start() {
       this.render();
-      if (this.options.transport !== "polling" && this.stream.start()) this.transport = "events";
-      else this.poll(0);
+      if (this.options.transport !== "polling" && this.stream.start()) {
+        this.transport = this.stream.mode;
+      } else this.poll(0);
     }
 
     stop() {
@@ -450,9 +969,16 @@
 
     /** Network error or 5xx: back off; after N in a row show it, but never give up. */
     onTrouble(info) {
+      this.noteTrouble(info);
+      this.poller.start(this.delay);
+    }
+
+    /** One more failure in a row; the error state and onError from the Nth. */
+    noteTrouble(info, now) {
       const o = this.options;
       this.errors += 1;
       this.delay = Math.min(this.delay * 2, o.maxPollInterval);
+      if (now) this.errors = Math.max(this.errors, o.maxConsecutiveErrors);
       if (this.errors >= o.maxConsecutiveErrors) {
         this.delay = o.maxPollInterval;
         if (!this.connectionError) {
@@ -461,7 +987,27 @@
           this.emit("error", [this.connectionError]);
         }
       }
-      this.poller.start(this.delay);
+    }
+
+    // -- the page stream's listener (SharedFeed): it polls, reconnects and backs off --
+
+    /** "events" or "polling": how the page stream follows the jobs now. */
+    onTransport(mode) {
+      if (this.transport && this.stream.live) this.transport = mode;
+    }
+
+    /** A batched poll failed. */
+    onFeedTrouble(info) {
+      this.noteTrouble(info);
+    }
+
+    /** The server lost Redis (`reconnecting`): shown at once, until it is back. */
+    onFeedOutage(info) {
+      this.noteTrouble(info, true);
+    }
+
+    onFeedRecovered() {
+      this.recovered();
     }
 
     /** A 4xx other than "job unknown": retrying would not help. */
@@ -494,15 +1040,23 @@
       if (this.finished || !isDocument(doc)) return;
       if (doc.state === "UNKNOWN" && this.unknownSeen < this.options.unknownRetries) {
         this.unknownSeen += 1; // maybe not recorded yet: ask again before saying so
-        if (this.transport === "events") this.poll(this.options.pollInterval);
+        if (this.stream.live) {
+          this.rejoin = this.stream.rejoins; // the page stream, once the job is found
+          this.poll(this.options.pollInterval);
+        }
         return;
       }
       this.document = doc;
       this.state = doc.state;
-      const final = doc.ready === true || FINAL.indexOf(doc.state) >= 0;
+      const final = isFinal(doc);
       if (final) {
         this.finished = true;
         this.stop();
+      } else if (this.rejoin) {
+        this.rejoin = false;
+        this.poller.stop();
+        if (this.stream.start()) this.transport = this.stream.mode;
+        else this.poll(this.options.pollInterval);
       }
       this.render();
       this.announce(doc, final);
@@ -533,7 +1087,8 @@
       this.notice = ok ? "" : this.options.messages.cancelFailed;
       if (ok && isDocument(body) && body.task_id === this.taskId) {
         this.handle(body); // the server answered with the job's status document
-      } else if (ok && this.transport === "polling") this.poller.poke(); // ask right away
+      } else if (ok && this.stream.live && this.stream.poke) this.stream.poke(); // ask now
+      else if (ok && this.transport === "polling") this.poller.poke();
       if (!this.finished) this.render();
       return ok;
     }
@@ -747,7 +1302,11 @@
         emit: (type, args) => this._emit(type, args),
         sendCancel: postCancel,
         poller: (listener) => new Poller(o.statusUrl, o.pollInterval, listener),
-        stream: (listener) => new Stream(o.eventsUrl, o.maxStreams, listener),
+        stream: (listener) => {
+          const prefix = sharedPrefix(o), hub = prefix != null && pageStreamFor(prefix);
+          if (hub && hub.accepts(this.taskId)) return new SharedFeed(hub, this.taskId, listener);
+          return new Stream(o.eventsUrl, o.maxStreams, listener);
+        },
       });
       this.machine.start();
     }
@@ -863,15 +1422,24 @@
   }
 
   /**
-   * Keeps a `.jobtastic-jobs` list in step with GET <prefix>/jobs; one bar per job. Each
-   * title follows its bar live. While the list cannot be loaded (a 503 while Redis is
-   * down, the network) it says so and retries with backoff, honouring Retry-After.
+   * Keeps a `.jobtastic-jobs` list in step with the owner's jobs; one bar per job. Each
+   * title follows its bar live. The list rides the page stream (`job` and `removed`
+   * events of <prefix>/events/jobs); without it (transport "polling", the stream refused
+   * or failing) it polls GET <prefix>/jobs. While the list cannot be loaded (a 503 while
+   * Redis is down, the network) it says so and retries with backoff, honouring
+   * Retry-After; on the stream it says so between `reconnecting` and `resumed`.
    */
   class JobsList {
     constructor(section, opts) {
       this.section = section;
       this.opts = opts;
       this.url = jobsUrl(section.getAttribute("data-jobtastic-jobs-url"), settings.urlPrefix);
+      const prefix = /^(.*)\/jobs$/.exec(this.url);
+      this.prefix = prefix ? prefix[1] : prefixOf(settings.urlPrefix);
+      this.hub = prefix && opts.transport !== "polling" ? pageStreamFor(this.prefix) : null;
+      this.feed = null; // the page stream's watch, while the list rides it
+      this.polling = !this.hub; // GET /jobs at opts.interval
+      this.known = new Map(); // id -> record, as the stream sent them
       this.seenTemplate = section.getAttribute("data-jobtastic-seen-url") || "";
       this.list = section.querySelector(".jobtastic-jobs-list");
       this.empty = section.querySelector(".jobtastic-jobs-empty");
@@ -890,14 +1458,60 @@
     start() {
       this.section.addEventListener("jobtastic:update", this.onUpdate);
       this.list.querySelectorAll("li.jobtastic-job").forEach((item) => this.update(item));
-      this.refresh();
+      if (this.hub) this.feed = this.hub.watchList(this);
+      else this.refresh();
     }
 
     stop() {
       this.stopped = true;
       clearTimeout(this.timer);
+      if (this.feed) this.feed.stop();
       this.section.removeEventListener("jobtastic:update", this.onUpdate);
       delete this.section.__jobtasticJobs;
+    }
+
+    // -- the page stream's listener --
+
+    /** true: the list rides the stream (polling stops); false: it polls GET /jobs. */
+    onFeed(live) {
+      if (this.stopped || live === !this.polling) return;
+      this.polling = !live;
+      clearTimeout(this.timer);
+      if (this.polling) this.refresh();
+      else {
+        this.known = new Map(this.records); // the stream goes on from the last list
+        this.showNote("");
+      }
+    }
+
+    onJob(record) {
+      if (this.stopped || this.polling) return;
+      this.known.set(record.id, record);
+      this.renderKnown();
+    }
+
+    onRemoved(id) {
+      if (this.stopped || this.polling) return;
+      if (this.known.delete(id)) this.renderKnown();
+    }
+
+    onListTrouble() {
+      if (!this.polling) this.showNote(settings.messages.jobsUnavailable);
+    }
+
+    onListRecovered() {
+      if (!this.polling) this.showNote("");
+    }
+
+    renderKnown() {
+      const key = (r) => Number(r.created_at) || 0;
+      this.render(Array.from(this.known.values())
+        .sort((a, b) => key(b) - key(a) || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0)));
+    }
+
+    showNote(text) {
+      setText(this.note, text);
+      this.note.hidden = !this.note.textContent;
     }
 
     addNote() {
@@ -914,7 +1528,7 @@
         const bar = h("div", "jobtastic", { "data-jobtastic-task-id": job.id });
         item.append(h("div", "jobtastic-job-title"), bar);
         this.list.prepend(item);
-        track(bar, { taskId: job.id });
+        track(bar, { taskId: job.id, urlPrefix: this.prefix });
       }
       return item;
     }
@@ -957,7 +1571,7 @@
         this.records.delete(id);
         item.remove();
         if (this.empty) this.empty.hidden = this.list.children.length > 0;
-        this.refresh();
+        if (this.polling) this.refresh(); // on the stream, its record comes as seen
       } else button.disabled = false;
     }
 
@@ -966,29 +1580,37 @@
       this.records.clear();
       for (const job of jobs) this.records.set(job.id, job);
       for (const item of Array.from(this.list.children)) {
-        if (!this.records.has(item.getAttribute("data-job-id"))) item.remove();
+        if (this.records.has(item.getAttribute("data-job-id"))) continue;
+        const bar = item.querySelector(".jobtastic"), tracker = bar && trackers.get(bar);
+        if (tracker) tracker.stop(); // its job left the list: stop following it
+        item.remove();
       }
       for (const job of jobs.slice().reverse()) this.update(this.itemFor(job));
       if (this.empty) this.empty.hidden = jobs.length > 0;
     }
 
+    /** Load GET /jobs now; while polling, the next load follows (backoff on trouble). */
     async refresh() {
       clearTimeout(this.timer);
       let wait = this.opts.interval;
       try {
-        this.render(await this.load());
+        const jobs = await this.load();
+        if (!this.polling) { // on the stream: a one-off load, what it sends goes on from it
+          this.known = new Map(jobs.filter((job) => job && job.id).map((job) => [job.id, job]));
+        }
+        this.render(jobs);
         this.failures = 0;
         this.delay = this.opts.interval;
-        setText(this.note, "");
+        if (this.polling) setText(this.note, "");
       } catch (e) {
         this.failures += 1;
         const retryAfter = (e && e.retryAfter) || 0;
         this.delay = Math.min(this.opts.maxInterval, Math.max(this.delay * 2, retryAfter));
         wait = this.delay;
-        setText(this.note, settings.messages.jobsUnavailable);
+        if (this.polling) setText(this.note, settings.messages.jobsUnavailable);
       }
       this.note.hidden = !this.note.textContent;
-      if (!this.stopped) this.timer = setTimeout(this.refresh, wait);
+      if (!this.stopped && this.polling) this.timer = setTimeout(this.refresh, wait);
     }
 
     /** The jobs the server lists; throws (with retryAfter, ms) when it can't. */
@@ -1006,9 +1628,9 @@
   }
 
   /**
-   * Watch a jobs list (options: interval, maxInterval). Watching a section again returns
-   * its watcher, or with options replaces it. The watcher has refresh(), stop(),
-   * failures and delay.
+   * Watch a jobs list (options: transport "auto" | "polling", interval, maxInterval: the
+   * timings of GET /jobs when it polls). Watching a section again returns its watcher, or
+   * with options replaces it. The watcher has refresh(), stop(), polling, failures, delay.
    */
   function watchJobs(section, options) {
     section = resolve(section);
@@ -1017,7 +1639,7 @@
       if (!options) return current;
       current.stop();
     }
-    const opts = Object.assign({ interval: 3000, maxInterval: 30000 }, options);
+    const opts = Object.assign({ transport: "auto", interval: 3000, maxInterval: 30000 }, options);
     const jobs = new JobsList(section, opts);
     section.__jobtasticJobs = jobs;
     jobs.start();
@@ -1027,6 +1649,8 @@
   const Jobtastic = {
     version: "0.1.0", settings, configure, track, scan, formatDuration, registerJQuery, Tracker,
     watchJobs,
+    /** The page stream of a URL prefix (settings.urlPrefix by default): mode, cursor, ... */
+    pageStream: (prefix) => pageStreamFor(prefix == null ? settings.urlPrefix : prefix),
     get: (target) => trackers.get(resolve(target)) || null,
   };
 
@@ -1050,6 +1674,7 @@
       settings, fmt, formatDuration, stepsLeft, errorText, progressText, describe, errorIdText,
       stepDuration, countsText, deriveUrl, endpoints, trackerOptions, readData, jobsUrl,
       seenUrl, classifyAnswer, Poller, Stream, streams, StateMachine, jobState, jobTitle,
+      sharedPrefix, BatchPoller, PageStream, SharedFeed, pageStreamFor, SYNC_DELAY, STREAM_RETRY,
     };
   }
 })(typeof window === "object" ? window : null, typeof document === "object" ? document : null);

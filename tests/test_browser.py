@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,7 +29,8 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.conftest import ARTIFACTS, ROOT
-from tests.servers import RedisServer, free_port
+from tests.rig import Servers, WorkerProcess
+from tests.servers import MemcachedServer, RedisServer, free_port
 from tests.tasks import _redis as tasks_redis
 from tests.web_server import GunicornServer
 
@@ -867,14 +869,16 @@ def test_steps_still_to_run_are_never_almost_done(new_page: NewPage) -> None:
     assert any(r["pct"] == 100 and "to go" in r["text"] for r in waiting), waiting
 
 
-def test_a_page_opens_at_most_four_event_streams(new_page: NewPage) -> None:
+def test_bars_with_streams_of_their_own_open_at_most_four(new_page: NewPage) -> None:
+    """``pageStream: false``: each bar its own EventSource, within ``maxStreams``."""
     page = new_page()
     page.goto("/")
     ids = [api_start(page, "division", unique_division())["task_id"] for _ in range(6)]
     for number in range(6):
         add_bar(page, f"bar-{number}")
     transports = page.evaluate(
-        """(ids) => ids.map((taskId, n) => Jobtastic.track("#bar-" + n, {taskId}).transport)""",
+        """(ids) => ids.map((taskId, n) =>
+            Jobtastic.track("#bar-" + n, {taskId, pageStream: false}).transport)""",
         ids,
     )
     assert transports == ["events"] * 4 + ["polling"] * 2
@@ -882,7 +886,7 @@ def test_a_page_opens_at_most_four_event_streams(new_page: NewPage) -> None:
         expect_success(page, f"#bar-{number}")
 
 
-def test_streams_refused_with_429_fall_back_to_polling(
+def test_streams_of_their_own_refused_with_429_fall_back_to_polling(
     new_page: NewPage, celery_worker: Any, token: str
 ) -> None:
     server = GunicornServer("widget-429", config={"JOBTASTIC_EVENTS_MAX_PER_OWNER": 1}).start()
@@ -894,7 +898,8 @@ def test_streams_refused_with_429_fall_back_to_polling(
             start_job(page, "slow", {"token": f"{token}{n}", "seconds": 3, "steps": 15})
             for n in range(3)
         ]
-        page.goto("/page")
+        page.goto("/page?list=0")
+        page.evaluate("Jobtastic.configure({pageStream: false})")  # bars of their own
         for number in range(3):
             add_bar(page, f"bar-{number}")
         page.evaluate(
@@ -1000,7 +1005,8 @@ def test_job_list_strings_come_from_messages(
 
 
 def test_job_list_retries_while_redis_is_down_and_recovers(new_page: NewPage, token: str) -> None:
-    """The quick start's one Redis (broker and results) goes down under a live page."""
+    """The quick start's one Redis (broker and results) goes down under a live page
+    whose list polls GET /jobs (on the page stream, see test_page_stream_*)."""
     with RedisServer() as redis_server:
         env = {"JOBTASTIC_TEST_BROKER_URL": redis_server.url}
         env["JOBTASTIC_TEST_BACKEND_URL"] = redis_server.url
@@ -1014,7 +1020,7 @@ def test_job_list_retries_while_redis_is_down_and_recovers(new_page: NewPage, to
             )
             queued = start_job(page, "tracked", {"token": token})  # no worker: stays queued
             page.goto(f"/page/{queued}")
-            faster = "{interval: 500, maxInterval: 8000}"
+            faster = "{transport: 'polling', interval: 500, maxInterval: 8000}"
             page.evaluate(f"Jobtastic.watchJobs('.jobtastic-jobs', {faster})")
             item = page.locator(f'li.jobtastic-job[data-job-id="{queued}"]')
             expect(item.locator(".jobtastic-job-title")).to_have_text("A tracked test job · Queued")
@@ -1063,5 +1069,246 @@ def test_a_job_that_could_not_be_queued_can_be_dismissed(new_page: NewPage, toke
         expect(item).to_have_count(0)
         listed = {job["id"]: job for job in page.request.get("/jobtastic/jobs").json()["jobs"]}
         assert listed[task_id]["state"] == "failed" and listed[task_id]["seen"] is True
+    finally:
+        server.stop()
+
+
+# -- the page stream: one connection for every bar and the job list -----------------
+
+
+def _watch_requests(page: Page) -> dict[str, list[tuple[float, str]]]:
+    """The page's event-stream and status requests, as (time, url), in order."""
+    seen: dict[str, list[tuple[float, str]]] = {"streams": [], "status": [], "jobs": []}
+
+    def note(request: Any) -> None:
+        path = request.url.split("?")[0]
+        if "/jobtastic/events" in path:
+            seen["streams"].append((time.monotonic(), request.url))
+        elif "/jobtastic/status" in path:
+            seen["status"].append((time.monotonic(), request.url))
+        elif path.endswith("/jobtastic/jobs"):
+            seen["jobs"].append((time.monotonic(), request.url))
+
+    page.on("request", note)
+    return seen
+
+
+def _ids_of(url: str) -> set[str]:
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    return {part for value in query.get("ids", []) for part in value.split(",") if part}
+
+
+def test_page_stream_carries_several_bars_and_the_job_list_on_one_connection(
+    new_page: NewPage, widget_server: GunicornServer, token: str
+) -> None:
+    page = new_page(base_url=widget_server.url, user=f"una-{token[:8]}")
+    finished = start_job(page, "tracked", {"token": token + "f", "seconds": 0.1})
+    wait_for_state(page, finished, "SUCCESS")
+    ids = [
+        start_job(page, "slow", {"token": f"{token}{n}", "seconds": 4, "steps": 8})
+        for n in range(2)
+    ]
+    ids.append(start_job(page, "tracked", {"token": token + "t", "seconds": 4}))
+    seen = _watch_requests(page)
+    page.goto(f"/page?ids={','.join(ids)}")
+    for number in range(2):  # the worker runs two at a time
+        expect(page.locator(f"#bar-{number}")).to_have_class(has_class("jobtastic-state-progress"))
+    # A job started while the page is open appears in the list, and its bar goes live.
+    later = start_job(page, "tracked", {"token": token + "l", "seconds": 1})
+    later_item = page.locator(f'li.jobtastic-job[data-job-id="{later}"]')
+    expect(later_item.locator(".jobtastic-job-title")).to_have_text(
+        re.compile(r"^A tracked test job · (Queued|Running)$")
+    )
+    for number in range(3):
+        expect_success(page, f"#bar-{number}")
+    expect(later_item.locator(".jobtastic")).to_have_class(has_class("jobtastic-state-success"))
+    expect(later_item.locator(".jobtastic-job-title")).to_have_text("A tracked test job · Done")
+    finished_item = page.locator(f'li.jobtastic-job[data-job-id="{finished}"]')
+    expect(finished_item.locator(".jobtastic")).to_have_class(has_class("jobtastic-state-success"))
+    tracked_item = page.locator(f'li.jobtastic-job[data-job-id="{ids[2]}"]')
+    expect(tracked_item.locator(".jobtastic")).to_have_class(has_class("jobtastic-state-success"))
+    screenshot(page, "page-stream-bars-and-list")
+
+    streams = [url for _, url in seen["streams"]]
+    print(f"\n[browser] page stream: {len(streams)} event-stream request(s): {streams}")
+    assert len(streams) == 1, streams  # four bars and the list: one connection
+    assert "/jobtastic/events/jobs?" in streams[0] and _ids_of(streams[0]) == set(ids), streams
+    # No bar polled on its own; the finished listed job was read once, in a batch.
+    status = [url for _, url in seen["status"]]
+    assert not [url for url in status if "/jobtastic/status/" in url], status
+    assert [_ids_of(url) for url in status] == [{finished}], status
+    assert not seen["jobs"], seen["jobs"]  # the list came on the stream
+    updates = [r for r in recorded(page) if r["type"] == "update" and r["transport"]]
+    assert updates and {r["transport"] for r in updates} == {"events"}, updates
+
+    # A bar added by a script for a job the list does not show reopens the stream once.
+    extra = start_job(page, "slow", {"token": token + "x", "seconds": 1, "steps": 4})
+    add_bar(page, "extra-bar")
+    page.evaluate("(taskId) => { Jobtastic.track('#extra-bar', {taskId}); }", extra)
+    expect_success(page, "#extra-bar")
+    streams = [url for _, url in seen["streams"]]
+    assert len(streams) == 2 and _ids_of(streams[1]) == {extra}, streams
+    assert page.evaluate("Jobtastic.pageStream().es.url") in streams[1]
+
+
+def test_page_stream_reopens_once_with_its_cursor_and_closes_when_done(
+    new_page: NewPage, widget_server: GunicornServer, token: str
+) -> None:
+    """Bars alone (no list): ``/events?ids=``; bars added together reopen it once with
+    ``?cursor=``; ``done`` closes it and the browser does not reconnect."""
+    page = new_page(base_url=widget_server.url, user=f"xia-{token[:8]}")
+    first = start_job(page, "slow", {"token": token + "a", "seconds": 3, "steps": 12})
+    seen = _watch_requests(page)
+    page.goto(f"/page?list=0&ids={first}")
+    expect(page.locator("#bar-0")).to_have_class(has_class("jobtastic-state-progress"))
+    page.wait_for_timeout(1500)  # the server sets a cursor (at most once a second)
+    more = [
+        start_job(page, "slow", {"token": f"{token}{n}", "seconds": 1, "steps": 4})
+        for n in range(2)
+    ]
+    for number in range(2):
+        add_bar(page, f"more-{number}")
+    page.evaluate(
+        """(ids) => ids.forEach((taskId, n) => Jobtastic.track("#more-" + n, {taskId}))""", more
+    )
+    for selector in ("#bar-0", "#more-0", "#more-1"):
+        expect_success(page, selector)
+    streams = [url for _, url in seen["streams"]]
+    assert len(streams) == 2, streams
+    assert "/jobtastic/events?" in streams[0] and _ids_of(streams[0]) == {first}, streams
+    assert _ids_of(streams[1]) == {first, *more}, streams
+    assert "cursor=1." in streams[1], streams  # what the page has is not sent again
+    page.wait_for_function("() => Jobtastic.pageStream().es === null")  # done: closed
+    page.wait_for_timeout(3000)
+    assert len(seen["streams"]) == 2, seen["streams"]  # and not reconnected
+    assert not seen["status"], seen["status"]
+
+
+class PersistentRedis(RedisServer):
+    """A Redis that keeps its data across kill and restart (an fsynced append-only file),
+    as a production Redis with persistence does."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+
+    def command(self, executable: str) -> list[str]:
+        return [
+            executable,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(self.data_dir),
+        ]
+
+
+def test_page_stream_stays_live_through_a_redis_restart(
+    new_page: NewPage, token: str, tmp_path: Path
+) -> None:
+    """The quick start's one Redis (broker, results, registry) restarts under a page of
+    three bars and the job list: the same connection carries on."""
+    with PersistentRedis(tmp_path) as redis_server, MemcachedServer() as memcached:
+        counter = os.environ["JOBTASTIC_TEST_COUNTER_URL"]  # on a Redis nobody kills
+        servers = Servers(redis_server, memcached, counter_url=counter)
+        env = servers.env(f"pagestream-{token[:8]}")
+        log = ARTIFACTS / "worker-page-stream-restart.log"
+        worker = WorkerProcess(log, concurrency=4, env=env)
+        worker.start()
+        server = GunicornServer("widget-page-stream-restart", env=env).start()
+        try:
+            page = new_page(base_url=server.url, user=f"vera-{token[:8]}")
+            ids = [
+                start_job(page, "slow", {"token": f"{token}{n}", "seconds": 12, "steps": 24})
+                for n in range(2)
+            ]
+            ids.append(start_job(page, "tracked", {"token": token + "t", "seconds": 12}))
+            seen = _watch_requests(page)
+            page.goto(f"/page?ids={','.join(ids)}")
+            bars = [page.locator(f"#bar-{n}") for n in range(3)]
+            for bar in bars:
+                expect(bar).to_have_class(has_class("jobtastic-state-progress"))
+            note = page.locator(".jobtastic-jobs-status")
+            expect(note).to_be_hidden()
+
+            redis_server.kill()
+            down = time.monotonic()
+            # the server says it lost Redis: every bar and the list show it
+            for bar in bars:
+                expect(bar).to_have_class(has_class("jobtastic-connection-error"), timeout=10_000)
+            expect(bar.locator(".jobtastic-text")).to_have_text("Can't reach the server, retrying…")
+            expect(note).to_have_text("Your jobs could not be loaded, retrying…")
+            screenshot(page, "page-stream-redis-down")
+            page.wait_for_timeout(max(0.0, 2.0 - (time.monotonic() - down)) * 1000)
+            redis_server.start()
+
+            for bar in bars:
+                expect(bar).not_to_have_class(has_class("jobtastic-connection-error"))
+            expect(note).to_be_hidden(timeout=15_000)
+            for number in range(3):  # started before the restart, finished after it
+                expect_success(page, f"#bar-{number}")
+            fresh = start_job(page, "tracked", {"token": token + "n", "seconds": 1})
+            item = page.locator(f'li.jobtastic-job[data-job-id="{fresh}"]')
+            expect(item).to_be_visible()
+            expect(item.locator(".jobtastic")).to_have_class(has_class("jobtastic-state-success"))
+            expect(item.locator(".jobtastic-job-title")).to_have_text("A tracked test job · Done")
+            screenshot(page, "page-stream-redis-back")
+            streams = [url for _, url in seen["streams"]]
+            print(f"\n[browser] Redis restart: {len(streams)} event-stream request(s)")
+            assert len(streams) == 1, streams  # the one connection lived through it
+            assert not [url for _, url in seen["status"] if "/jobtastic/status/" in url]
+        finally:
+            server.stop()
+            worker.kill()
+
+
+def test_page_stream_refused_means_one_batched_poll_for_all_bars(
+    new_page: NewPage, celery_worker: Any, token: str
+) -> None:
+    config = {"JOBTASTIC_EVENTS_MAX_PER_PROCESS": 0}  # every event stream: 429
+    server = GunicornServer("widget-no-streams", config=config).start()
+    try:
+        page = new_page(base_url=server.url, user=f"wim-{token[:8]}")
+        ids = [
+            start_job(page, "slow", {"token": f"{token}{n}", "seconds": 5, "steps": 10})
+            for n in range(3)
+        ]
+        ids.append(start_job(page, "tracked", {"token": token + "t", "seconds": 5}))
+        seen = _watch_requests(page)
+        page.goto(f"/page?ids={','.join(ids)}")
+        page.wait_for_function("() => Jobtastic.pageStream().mode === 'polling'")
+        started = time.monotonic()
+        for number in range(2):  # the worker runs two at a time
+            expect(page.locator(f"#bar-{number}")).to_have_class(
+                has_class("jobtastic-state-progress")
+            )
+        page.wait_for_timeout(max(0.0, 3.0 - (time.monotonic() - started)) * 1000)
+        window = [(t, url) for t, url in seen["status"] if started <= t <= started + 3]
+        # One request per second (pollInterval) for all the bars, not one per bar.
+        assert 2 <= len(window) <= 4, window
+        assert _ids_of(seen["status"][0][1]) == set(ids), seen["status"]
+        assert all(len(_ids_of(url)) >= 2 for _, url in window), window
+        assert all(_ids_of(url) <= set(ids) for _, url in window), window
+        for number in range(4):
+            expect_success(page, f"#bar-{number}")
+        item = page.locator(f'li.jobtastic-job[data-job-id="{ids[3]}"]')
+        expect(item.locator(".jobtastic-job-title")).to_have_text("A tracked test job · Done")
+        screenshot(page, "page-stream-refused-polling")
+
+        status = [url for _, url in seen["status"]]
+        assert not [url for url in status if "/jobtastic/status/" in url], status
+        streams = [t for t, _ in seen["streams"]]
+        # the stream is asked for again after 5 s, 10 s, ...: not at every poll
+        assert 1 <= len(streams) <= 4, seen["streams"]
+        assert seen["jobs"], "the list polls GET /jobs meanwhile"
+        updates = [r for r in recorded(page) if r["type"] == "update" and r["transport"]]
+        assert {r["transport"] for r in updates} == {"polling"}, updates
     finally:
         server.stop()

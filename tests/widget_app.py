@@ -9,7 +9,8 @@ object) adds settings, e.g. ``{"JOBTASTIC_EVENTS_HEARTBEAT": 1.0}``.
   (``TrackedTask``, listed in "my jobs"), ``failing`` (``FailingTask``),
   ``silent`` (``SilentTask``, reports nothing).
 * ``GET /page`` and ``GET /page/<task_id>``: the user's job list, and the
-  job's bar with a Cancel button (``?transport=polling`` to poll).
+  job's bar with a Cancel button (``?transport=polling`` to poll). ``?ids=a,b``
+  adds a bar per job (``#bar-0``, ``#bar-1``, ...), ``?list=0`` leaves the list out.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ PAGE = """<!doctype html>
 {% if task_id %}<h1>Job</h1>
 {{ progress_bar(task_id, cancel_button=True, transport=transport, attrs={"id": "job-bar"}) }}
 {% endif %}
-<h2>My jobs</h2>
-{% include "jobtastic/jobs.html" %}
+{% for id in ids %}{{ progress_bar(id, attrs={"id": "bar-" ~ loop.index0}) }}{% endfor %}
+{% if with_list %}<h2>My jobs</h2>
+{% include "jobtastic/jobs.html" %}{% endif %}
 </main></body></html>
 """
 
@@ -60,4 +62,8 @@ def start(kind: str) -> Any:
 @app.get("/page/<task_id>")
 def page(task_id: str | None = None) -> Any:
     transport = request.args.get("transport", "auto")
-    return render_template_string(PAGE, task_id=task_id, transport=transport)
+    ids = [part for part in request.args.get("ids", "").split(",") if part]
+    with_list = request.args.get("list", "1") != "0"
+    return render_template_string(
+        PAGE, task_id=task_id, transport=transport, ids=ids, with_list=with_list
+    )

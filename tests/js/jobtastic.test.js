@@ -222,13 +222,15 @@ test("a list item's state: the live bar's, unless the record knows it finished",
 function machine(extra, fakes) {
   fakes = Object.assign({ streamOpens: true, cancelAnswer: { ok: true, body: null } }, fakes);
   const o = options(extra), calls = [], t = {};
+  // A transport: start/stop/poke logged; a stream also has `mode` and `live` (open now).
   const fake = (name, started) => (listener) => ({
-    listener,
+    listener, mode: "events", live: false,
     start(delay) {
       calls.push(delay === undefined ? [name + ".start"] : [name + ".start", delay]);
+      this.live = !!started;
       return started;
     },
-    stop() { calls.push([name + ".stop"]); },
+    stop() { calls.push([name + ".stop"]); this.live = false; },
     poke() { calls.push([name + ".poke"]); },
   });
   t.machine = new J.StateMachine(o, {
