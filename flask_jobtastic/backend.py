@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,6 +125,11 @@ class SendSafeResultConsumer(ResultConsumer):  # type: ignore[misc]  # untyped i
             )
 
 
+#: Connection pools by Celery app (see ``JobtasticRedisBackend._get_pool``).
+_pools: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+_pools_lock = threading.Lock()
+
+
 class JobtasticRedisBackend(RedisBackend):
     """The Redis result backend flask-jobtastic installs (``Celery.backend_cls``)."""
 
@@ -135,6 +142,21 @@ class JobtasticRedisBackend(RedisBackend):
             url = str(app.conf.result_backend or "") or None
         super().__init__(*args, url=url, **kwargs)  # type: ignore[misc]  # url is not in args
         self._once = _Flag()
+
+    def _get_pool(self, **params: Any) -> Any:
+        """One connection pool per Celery app and process, whatever the thread.
+
+        Celery makes a result backend per thread, and gevent makes every
+        greenlet a thread: without this, each open request (a keep-alive
+        client, a stream) would hold a Redis connection of its own.
+        """
+        key = (os.getpid(), tuple(sorted((name, repr(value)) for name, value in params.items())))
+        with _pools_lock:
+            pools = _pools.setdefault(self.app, {})  # type: ignore[attr-defined]  # Celery sets it
+            pool = pools.get(key)
+            if pool is None:
+                pool = pools[key] = super()._get_pool(**params)  # type: ignore[misc]
+            return pool
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         if not task_join_will_block():

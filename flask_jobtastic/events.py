@@ -110,6 +110,8 @@ class _Stream:
         self.sent: dict[str, str] = {}
         self.held = held or {}
         self.open_ids: set[str] = set()
+        #: the jobs the page asked for by id: kept when they leave the owner's list
+        self.asked: set[str] = set()
         self.records: dict[str, dict[str, Any]] = {}
         self.owner: str | None = None
         self.last_sent_at = time.monotonic()
@@ -119,7 +121,7 @@ class _Stream:
     def run(self, task_ids: list[str], owner: str | None = None) -> Iterator[str]:
         deadline = time.monotonic() + self.state.events_max_seconds
         try:
-            self._watch(task_ids)
+            self._watch(task_ids, asked=True)
             if owner is not None:
                 self.owner = owner
                 self._watch_owner(owner)
@@ -133,8 +135,10 @@ class _Stream:
         finally:
             self.hub.close(self.watcher)
 
-    def _watch(self, task_ids: list[str]) -> None:
+    def _watch(self, task_ids: list[str], *, asked: bool = False) -> None:
         self.open_ids.update(task_ids)
+        if asked:
+            self.asked.update(task_ids)
         self.hub.watch(self.watcher, task_ids)
 
     def _watch_owner(self, owner: str) -> None:
@@ -169,9 +173,9 @@ class _Stream:
                     return True
                 continue  # kept as the viewer has it; the hub reads again
             yield from self._job(task_id, view)
-        if self.single or self.owner is not None:
-            return bool(self.single and not self.open_ids)
-        if not self.open_ids:
+        if self.single:
+            return not self.open_ids
+        if self.owner is None and not self.open_ids:
             yield from self._cursor(force=True)
             yield format_event({"state": "done"}, event="done")
             return True
@@ -208,6 +212,8 @@ class _Stream:
                 self._watch([task_id])
         for task_id in set(self.records) - set(current):
             yield format_event({"task_id": task_id}, event="removed")
+            if task_id in self.asked:
+                continue
             self.sent.pop(task_id, None)
             if task_id in self.open_ids:
                 self.open_ids.discard(task_id)
