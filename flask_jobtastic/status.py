@@ -219,6 +219,8 @@ def build_status(
             return _unreadable(task_id, f"its result holds {exc}", expose_errors)
     elif state == states.FAILURE:
         document["error"] = describe_error(task_id, info, expose=expose_errors)
+    elif state == states.STARTED:
+        pass  # Celery's meta here is the worker's pid and hostname: not for browsers
     elif isinstance(info, Mapping):
         _add_meta(task_id, state, info, document, expose_errors)
     if detail and state != states.PROGRESS:

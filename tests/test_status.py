@@ -33,6 +33,15 @@ def test_pending_as_recorded_at_send_time():
     assert doc["progress_percent"] == 0 and doc["time_remaining"] == -1
 
 
+def test_a_started_job_does_not_show_the_worker_pid_or_host():
+    """With Celery's task_track_started, the meta of STARTED names the worker process."""
+    meta = {"status": "STARTED", "task_id": TID, "result": {"pid": 4242, "hostname": "w@db-7"}}
+    doc = build_status(TID, meta)
+    assert doc["state"] == "STARTED"
+    assert "pid" not in doc and "hostname" not in doc
+    assert "4242" not in json.dumps(doc) and "db-7" not in json.dumps(doc)
+
+
 def test_progress_fields_are_clamped_and_extras_kept():
     meta = {
         "status": "PROGRESS",
