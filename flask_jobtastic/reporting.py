@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .counts import ItemCounter
 from .errors import JobStopped
-from .running import RunContext, RunSlot, ensure_details, flush_details, write_progress
+from .running import RunContext, RunSlot, ensure_details, write_progress
 from .status import error_id_for
 from .steps import StepRecorder
 
@@ -89,7 +89,7 @@ class ReportingMixin:
         return context.counter
 
     def _flush(self, *, urgent: bool) -> None:
-        flush_details(_task(self), self._context(), urgent=urgent)
+        _flush_details(_task(self), self._context(), urgent=urgent)
 
     def _log_step_failure(self, step_key: str, exc: BaseException) -> None:
         """Log a failed step with the error id its generic message quotes."""
@@ -178,3 +178,25 @@ class ReportingMixin:
         """Count one item as done or failed."""
         self._counter().track(is_success, item)
         self._flush(urgent=False)
+
+
+def _flush_details(task: JobtasticTask, context: RunContext, *, urgent: bool) -> None:
+    """Write after a step, message or count changed: at once or throttled."""
+    context.details_used = True
+    meter = context.meter
+    if meter is None:
+        return
+    now = monotonic()
+    if not urgent and now - meter.last_write_at < meter.interval:
+        return
+    assert context.counter is not None
+    counted = context.counter.progress()
+    completed: float
+    total: float
+    if counted is not None:
+        completed, total = counted
+    else:
+        # what the job last reported, not what was last written: a flush
+        # (which resets the throttle) must carry the progress it delays
+        completed, total = meter.reported_completed, meter.reported_total or 1
+    write_progress(task, context, meter.record(completed, total, now))

@@ -385,28 +385,6 @@ def ensure_details(task: JobtasticTask, context: RunContext) -> StepRecorder:
     return context.recorder
 
 
-def flush_details(task: JobtasticTask, context: RunContext, *, urgent: bool) -> None:
-    """Write after a step, message or count changed: at once or throttled."""
-    context.details_used = True
-    meter = context.meter
-    if meter is None:
-        return
-    now = monotonic()
-    if not urgent and now - meter.last_write_at < meter.interval:
-        return
-    assert context.counter is not None
-    counted = context.counter.progress()
-    completed: float
-    total: float
-    if counted is not None:
-        completed, total = counted
-    else:
-        # what the job last reported, not what was last written: a flush
-        # (which resets the throttle) must carry the progress it delays
-        completed, total = meter.reported_completed, meter.reported_total or 1
-    write_progress(task, context, meter.record(completed, total, now))
-
-
 def save_details(task: JobtasticTask, context: RunContext, failure: BaseException | None) -> None:
     """Keep steps, messages and counts readable after the job ended."""
     assert context.task_id is not None
