@@ -7,7 +7,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip --disable-pip-version-check
 
-.PHONY: test demo install bench lint venv
+.PHONY: test demo install bench lint venv docs
 
 $(PYTHON):
 	./scripts/system-deps.sh
@@ -23,6 +23,7 @@ test: install
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m mypy
 	node --test tests/js/
+	$(PYTHON) -m sphinx -W --keep-going -n -q -b html docs docs/_build/html
 	$(PYTHON) -m pytest
 
 demo: venv
@@ -32,6 +33,10 @@ demo: venv
 bench: install
 	$(PIP) install --quiet -e ".[bench]"
 	$(PYTHON) -m benchmarks
+
+docs: install
+	$(PYTHON) -m sphinx -W --keep-going -n -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 lint: install
 	$(PYTHON) -m ruff check .
