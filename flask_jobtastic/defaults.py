@@ -38,9 +38,6 @@ PUBLISH_RETRY_POLICY: dict[str, float] = {
     "interval_max": 0.1,
 }
 
-#: Seconds to wait for the broker's TCP connect before counting it as down.
-BROKER_CONNECT_TIMEOUT = 0.5
-
 #: Put the exception's own message in FAILURE documents. Off by default: users
 #: see a generic message and an error id unless the task raised ``JobFailed``.
 EXPOSE_ERRORS = False

@@ -1,4 +1,4 @@
-"""The blueprint's documents as ``TypedDict``s, for Python clients.
+"""The blueprint's documents as typed dictionaries (``TypedDict``), for Python clients.
 
 Each matches the schema of the same name in ``openapi.json`` (see
 ``contract``): the same keys, the same required ones; a test keeps them in

@@ -61,7 +61,7 @@ class JobtasticTask(ReportingMixin, Task):  # type: ignore[type-arg]  # any argu
     memleak_threshold: ClassVar[float] = -1
     #: Steps shown from the first poll, as ``(key, name)`` pairs or names.
     steps: ClassVar[list[Any]] = []
-    #: Keep a registry record of every job of this class (see ``registry.py``).
+    #: Keep a registry record of every job of this class: it then shows in "my jobs".
     track_state: ClassVar[bool] = False
     #: What the registry and "my jobs" list call a job of this class.
     description: ClassVar[str | None] = None

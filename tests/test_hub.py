@@ -194,6 +194,7 @@ def test_watchers_hear_of_a_redis_restart_and_get_fresh_records(make_servers) ->
         wait_until(resumed, timeout=15, what="the resubscribe")
         threading.Event().wait(0.2)
         plant(app.extensions["jobtastic"].celery.backend, task_id, 70)
+
         def fresh() -> Any:
             delivery = inbox.take(0.5)
             view = delivery.views.get(task_id) if delivery else None
