@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the system programs the test suite starts itself: memcached,
 # redis-server, redis-sentinel and openssl (the Sentinel and TLS tests),
-# rabbitmq-server (the suite runs a node of its own), Chromium (for the browser tests), wrk (for the benchmarks), Node.js (for the widget's
-# unit tests, tests/js/) and, on a Debian system Python, python3-venv (for the
+# rabbitmq-server (the suite runs a node of its own), Chromium (for the
+# browser tests), wrk (for the benchmarks), Node.js (for the widget's unit
+# tests, tests/js/) and, on a Debian system Python, python3-venv (for the
 # Makefile's .venv).
 # Debian/Ubuntu, as root.
 set -euo pipefail
