@@ -19,7 +19,7 @@ from flask_caching import Cache
 from kombu.exceptions import OperationalError
 
 from . import backend as result_backend
-from . import defaults
+from . import defaults, redis_urls, results
 from .assets import jobtastic_assets
 from .binding import register_celery_app
 from .cli import jobtastic_cli
@@ -107,7 +107,7 @@ def build_registry(config: Any, celery: Celery) -> Registry | None:
     unseen_ttl = number(config, "JOBTASTIC_REGISTRY_UNSEEN_TTL", minimum=0, allow_equal=False)
     backend_url = str(celery.conf.result_backend or "")
     if setting == "auto":
-        if backend_url.startswith(("redis://", "rediss://", "unix://")):
+        if redis_urls.is_redis_url(backend_url):
             setting = backend_url
         elif backend_url.startswith("cache+memory"):
             setting = "memory"
@@ -117,37 +117,89 @@ def build_registry(config: Any, celery: Celery) -> Registry | None:
         return None
     if setting == "memory":
         store: Any = MemoryRegistryStore()
-    elif isinstance(setting, str) and setting.startswith(("redis://", "rediss://", "unix://")):
-        store = RedisRegistryStore(setting, record_ttl=int(unseen_ttl) + 86400)
+    elif redis_urls.is_redis_url(setting):
+        client = _registry_client(config, celery, setting)
+        store = RedisRegistryStore(client, record_ttl=int(unseen_ttl) + 86400)
     else:
         raise ConfigurationError(
-            f"JOBTASTIC_REGISTRY must be 'auto', 'memory', a redis:// URL or None, got {setting!r}"
+            "JOBTASTIC_REGISTRY must be 'auto', 'memory', a redis://, rediss:// or "
+            f"sentinel:// URL, or None, got {setting!r}"
         )
     return Registry(store, seen_ttl=seen_ttl, unseen_ttl=unseen_ttl)
 
 
+def _registry_client(config: Any, celery: Celery, url: str) -> Any:
+    """A Redis client for the registry at ``url``.
+
+    The result backend's own URL gets a client made from the backend's parsed
+    settings, so TLS (``redis_backend_use_ssl``), credentials and Sentinel
+    options are the backend's. Another URL is read on its own, with the
+    backend's Sentinel transport options and TLS settings filling in what it
+    leaves out.
+    """
+    conf = celery.conf
+    if _is_the_backends(config, celery, url) and not url.startswith("unix://"):
+        backend = celery.backend
+        if results.is_redis_backend(backend):
+            return redis_urls.client_like_backend(backend)
+    try:
+        return redis_urls.client_from_url(
+            url,
+            master_name=_registry_master_name(config, celery),
+            transport_options=conf.get("result_backend_transport_options"),
+            use_ssl=conf.get("redis_backend_use_ssl"),
+        )
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"JOBTASTIC_REGISTRY {_safe(url)}: {exc}") from exc
+
+
+def _is_the_backends(config: Any, celery: Celery, url: str) -> bool:
+    """Whether ``url`` is the result backend's own (with its master, for Sentinel)."""
+    if url != str(celery.conf.result_backend or ""):
+        return False
+    return _registry_master_name(config, celery) == _backend_master_name(celery)
+
+
+def _backend_master_name(celery: Celery) -> str | None:
+    options = celery.conf.get("result_backend_transport_options") or {}
+    name = options.get("master_name")
+    return str(name) if name else None
+
+
+def _registry_master_name(config: Any, celery: Celery) -> str | None:
+    """``JOBTASTIC_REGISTRY_MASTER_NAME``, else the result backend's ``master_name``."""
+    name = config.get("JOBTASTIC_REGISTRY_MASTER_NAME")
+    return str(name) if name else _backend_master_name(celery)
+
+
+def _safe(url: str) -> str:
+    """``url`` without its passwords, for an error message."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    chunks = url.split(redis_urls.SENTINEL_SEPARATOR)
+    return redis_urls.SENTINEL_SEPARATOR.join(str(maybe_sanitize_url(c)) for c in chunks)
+
+
 def _registry_on_backend_redis(config: Any, celery: Celery) -> bool:
-    """Whether ``JOBTASTIC_REGISTRY`` lives on the result backend's Redis server."""
+    """Whether ``JOBTASTIC_REGISTRY`` lives on the result backend's Redis server.
+
+    For Sentinel URLs: the same master name behind a Sentinel they share.
+    """
     backend_url = str(celery.conf.result_backend or "")
     setting = config["JOBTASTIC_REGISTRY"]
     if setting == "auto":
         setting = backend_url
-    if not isinstance(setting, str) or not setting.startswith(_REDIS_URLS):
+    if not redis_urls.is_redis_url(setting) or not redis_urls.is_redis_url(backend_url):
         return False
-    if not backend_url.startswith(_REDIS_URLS):
-        return False
-    return _server_of(setting) == _server_of(backend_url)
+    if _is_the_backends(config, celery, setting):
+        return True
+    registry = _server_of(setting, _registry_master_name(config, celery))
+    return redis_urls.same_server(registry, _server_of(backend_url, _backend_master_name(celery)))
 
 
-_REDIS_URLS = ("redis://", "rediss://", "unix://")
-
-
-def _server_of(url: str) -> tuple[Any, ...]:
-    """Where a Redis URL points, whatever its database (pub/sub ignores databases)."""
-    from redis.connection import parse_url
-
-    parts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-    return (parts.get("host", "localhost"), parts.get("port", 6379), parts.get("path"))
+def _server_of(url: str, master_name: str | None = None) -> tuple[Any, ...]:
+    """Where a Redis URL points, whatever its database (see ``redis_urls.server_of``)."""
+    return redis_urls.server_of(url, master_name)
 
 
 def _is_in_memory(celery: Celery) -> bool:

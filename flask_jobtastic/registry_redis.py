@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from flask_jobtastic.redis_urls import client_from_url
 from flask_jobtastic.registry_store import BATCH, JobRecord, newest_first, opt_float
 
 #: Default lifetime of a Redis record, refreshed on every write.
@@ -38,6 +39,10 @@ class RedisRegistryStore:
     Each job is a hash and each owner a sorted set of job ids scored by
     creation time. Every write refreshes an expiry on both, so the data stays
     bounded even if :meth:`Registry.cleanup` never runs.
+
+    ``client_or_url``: a redis-py client (any: a Sentinel's ``master_for``, a
+    TLS one), or a ``redis://``, ``rediss://``, ``unix://`` or ``sentinel://``
+    URL; a Sentinel URL needs ``master_name``.
     """
 
     def __init__(
@@ -46,11 +51,12 @@ class RedisRegistryStore:
         *,
         prefix: str = "jobtastic:registry:",
         record_ttl: int = DEFAULT_RECORD_TTL,
+        master_name: str | None = None,
     ) -> None:
         if record_ttl <= 0:
             raise ValueError("record_ttl must be a positive number of seconds")
         if isinstance(client_or_url, str):
-            client_or_url = redis.Redis.from_url(client_or_url)
+            client_or_url = client_from_url(client_or_url, master_name=master_name)
         self.client: redis.Redis = client_or_url
         self.prefix = prefix
         self.record_ttl = int(record_ttl)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the system programs the test suite starts itself: memcached,
-# redis-server, rabbitmq-server (the suite runs a node of its own), Chromium
-# (for the browser tests), wrk (for the benchmarks), Node.js (for the widget's
-# unit tests, tests/js/) and, on a Debian system Python, python3-venv (for the
+# redis-server, redis-sentinel and openssl (the Sentinel and TLS tests),
+# rabbitmq-server (the suite runs a node of its own), Chromium (for the
+# browser tests), wrk (for the benchmarks), Node.js (for the widget's unit
+# tests, tests/js/) and, on a Debian system Python, python3-venv (for the
 # Makefile's .venv).
 # Debian/Ubuntu, as root.
 set -euo pipefail
@@ -10,6 +11,8 @@ set -euo pipefail
 need=()
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)  # tests/test_sentinel.py
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # its TLS redis-server's certificate
 # Debian puts it in /usr/sbin, outside a user's PATH
 command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)

@@ -1,4 +1,4 @@
-"""Throwaway redis, memcached and RabbitMQ servers on free loopback ports.
+"""Throwaway redis (plain, TLS, replica, Sentinel), memcached and RabbitMQ servers.
 
 Tests (and benchmarks) need real servers they can crash and bring back on the
 same port, so fault handling is exercised against the real thing, not mocks.
@@ -278,6 +278,9 @@ class RedisServer(ServerProcess):
             "",
             "--appendonly",
             "no",
+            # a replica (RedisReplica) syncs at once, not after Redis's 5 s wait for others
+            "--repl-diskless-sync-delay",
+            "0",
             "--dir",
             str(self.workdir),
         ]
@@ -287,6 +290,156 @@ class RedisServer(ServerProcess):
         return f"redis://{self.host}:{self.port}/0"
 
     def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+
+class RedisReplica(RedisServer):
+    """A redis-server replicating ``master`` (``--replicaof``), for failover tests."""
+
+    def __init__(self, master: RedisServer, port: int | None = None) -> None:
+        super().__init__(port, master.host)
+        self.master = master
+
+    def command(self, executable: str) -> list[str]:
+        return [
+            *super().command(executable),
+            "--replicaof",
+            self.master.host,
+            str(self.master.port),
+        ]
+
+    def wait_until_synced(self, timeout: float = START_TIMEOUT) -> None:
+        """Return once the replica's link to its master is up."""
+        import redis
+
+        client = redis.Redis(host=self.host, port=self.port)
+        try:
+            deadline = time.monotonic() + timeout
+            while client.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self} never synced with {self.master}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+
+class TlsRedisServer(RedisServer):
+    """redis-server on a TLS port only, with a self-signed certificate for 127.0.0.1.
+
+    ``ca_file`` (the certificate itself) is what a client verifies it with;
+    it is made by ``openssl`` in the run's scratch directory at each start.
+    """
+
+    def command(self, executable: str) -> list[str]:
+        openssl = ensure_binary("openssl", "openssl")
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+            + ["-keyout", str(self.key_file), "-out", str(self.ca_file)]
+            + ["-subj", f"/CN={self.host}", "-addext", f"subjectAltName=IP:{self.host}"],
+            check=True,
+            capture_output=True,
+        )
+        tls = ["--tls-cert-file", str(self.ca_file), "--tls-key-file", str(self.key_file)]
+        tls += ["--tls-ca-cert-file", str(self.ca_file), "--tls-auth-clients", "no"]
+        argv = super().command(executable)
+        argv[argv.index("--port") + 1] = "0"  # no plain port
+        return [*argv, "--tls-port", str(self.port), *tls]
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "cert.pem"
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "key.pem"
+
+    @property
+    def url(self) -> str:
+        return f"rediss://{self.host}:{self.port}/0"
+
+    def __enter__(self) -> TlsRedisServer:
+        self.start()
+        return self
+
+
+class SentinelServer(ServerProcess):
+    """A Redis Sentinel watching ``master`` as ``master_name``: quorum 1, quick failover.
+
+    The master counts as down after ``down_after_ms`` without an answer; with
+    quorum 1 this lone Sentinel then promotes a replica (``RedisReplica``) at
+    once. Its config file (which Sentinel rewrites) lives in the run's scratch
+    directory, so a restart starts from ``master`` again.
+    """
+
+    binary = "redis-sentinel"
+    apt_package = "redis-sentinel"
+
+    def __init__(
+        self,
+        master: RedisServer,
+        *,
+        master_name: str = "mymaster",
+        down_after_ms: int = 500,
+        port: int | None = None,
+    ) -> None:
+        super().__init__(port, master.host)
+        self.master = master
+        self.master_name = master_name
+        self.down_after_ms = down_after_ms
+
+    def command(self, executable: str) -> list[str]:
+        name = self.master_name
+        config = self.workdir / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind {self.host}\ndaemonize no\ndir {self.workdir}\n"
+            f"sentinel monitor {name} {self.master.host} {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {name} {max(1000, 4 * self.down_after_ms)}\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+        return [executable, str(config)]
+
+    @property
+    def url(self) -> str:
+        """Celery's result backend URL for db 0 (add the master name as a transport option)."""
+        return f"sentinel://{self.host}:{self.port}/0"
+
+    def master_address(self) -> tuple[str, int] | None:
+        """The master's address in ``SENTINEL MASTER``, which clients ask (redis-py's
+        ``discover_master``): during a failover it still names the old master."""
+        import redis
+
+        client = redis.Redis(host=self.host, port=self.port, decode_responses=True)
+        try:
+            fields = client.sentinel_master(self.master_name)  # parsed into a dict
+        finally:
+            client.close()
+        return (str(fields["ip"]), int(fields["port"])) if "ip" in fields else None
+
+    def wait_for_replicas(self, count: int = 1, timeout: float = 30.0) -> None:
+        """Return once this Sentinel knows ``count`` replicas it could promote."""
+        import redis
+
+        client = redis.Redis(host=self.host, port=self.port, decode_responses=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while len(client.sentinel_slaves(self.master_name)) < count:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self} found fewer than {count} replicas")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def wait_for_master(self, port: int, timeout: float = 30.0) -> None:
+        """Return once this Sentinel names the server on ``port`` as the master."""
+        deadline = time.monotonic() + timeout
+        while (address := self.master_address()) is None or address[1] != port:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self} still names {address} as master, not port {port}")
+            time.sleep(0.1)
+
+    def __enter__(self) -> SentinelServer:
         self.start()
         return self
 
