@@ -87,8 +87,12 @@ CELERY_EMBEDDED: dict[str, Any] = {
 
 #: The per-user job registry: ``"auto"`` (Redis when the result backend is
 #: Redis, in-memory with the embedded in-memory backend, else off), ``"memory"``,
-#: a ``redis://`` URL, or ``None`` to turn it off.
+#: a ``redis://``, ``rediss://`` or ``sentinel://`` URL, or ``None`` to turn it off.
 REGISTRY: str | None = "auto"
+
+#: The Sentinel master of a ``sentinel://`` ``REGISTRY``; ``None``: the result
+#: backend's ``result_backend_transport_options["master_name"]``.
+REGISTRY_MASTER_NAME: str | None = None
 
 #: Seconds a finished job stays listed after its owner saw it.
 REGISTRY_SEEN_TTL = 120.0
