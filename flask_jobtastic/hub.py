@@ -136,6 +136,8 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._idle_since: float | None = None
         self._rereads_at = 0.0
+        #: Redis went away and the hub has not got it back yet
+        self._lost = False
         self.connected = False
 
     # -- what streams call ----------------------------------------------------------
@@ -145,6 +147,9 @@ class Hub:
         with self._lock:
             self._watchers.add(watcher)
             self._ensure_thread()
+            lost = self._lost
+        if lost:  # opened during an outage: told at once, like the streams before it
+            inbox.put_notice("reconnecting")
         return watcher
 
     def watch(self, watcher: Watcher, task_ids: Iterable[str]) -> None:
@@ -255,7 +260,7 @@ class Hub:
                 pubsub = self.backend.client.pubsub(ignore_subscribe_messages=True)
                 self._subscribed = set()
                 self._sync_subscriptions(pubsub)
-                if attempt:
+                if attempt or self._lost:  # back after an outage (maybe a thread ago)
                     self._resumed()
                 attempt = 0
                 self.connected = True
@@ -264,6 +269,8 @@ class Hub:
                 return
             except Exception as exc:
                 self.connected = False
+                with self._lock:
+                    self._lost = True
                 if attempt == 0:
                     logger.warning(
                         "Event hub lost Redis (%s: %s); reconnecting", type(exc).__name__, exc
@@ -329,6 +336,7 @@ class Hub:
 
     def _resumed(self) -> None:
         with self._lock:
+            self._lost = False
             self._due.update(self._by_job)
             self._due_owners.update(w for w in self._watchers if w.lister is not None)
         self._notify_all("resumed")

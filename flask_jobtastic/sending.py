@@ -96,6 +96,11 @@ def bind_call(
     herd_avoidance = bool(options.pop("herd_avoidance", True))
     track_state = options.pop("track_state", None)
     description = options.pop("description", None)
+    tracked = task.track_state if track_state is None else bool(track_state)
+    if tracked and state.registry is None:  # before anything is claimed or written
+        raise RuntimeError(
+            f"{task.name} asks for track_state but the job registry is off: set JOBTASTIC_REGISTRY"
+        )
     owner = state.current_owner()
     cache_key = None
     if herd_avoidance or task.cache_duration >= 0:
@@ -114,7 +119,7 @@ def bind_call(
         on_broker_error=on_broker_error,
         task_id=options.pop("task_id", None) or str(uuid.uuid4()),
         owner=owner,
-        tracked=task.track_state if track_state is None else bool(track_state),
+        tracked=tracked,
         tracked_by_call=bool(track_state) and not task.track_state,
         description=description or task.description,
         cache_key=cache_key,
@@ -197,11 +202,6 @@ def record_sent(call: Call) -> None:
     if not call.tracked:
         return
     state = call.state
-    if state.registry is None:
-        raise RuntimeError(
-            f"{call.task.name} asks for track_state but the job registry is off: "
-            "set JOBTASTIC_REGISTRY"
-        )
     state.record_sent(call.task_id, call.task.name, owner=call.owner, description=call.description)
 
 

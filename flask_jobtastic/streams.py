@@ -104,11 +104,15 @@ def owner_key(owner: str | None, remote_addr: str | None) -> str:
     return "address:" + (remote_addr or "unknown")
 
 
-def refusal(task_id: str, bound: str) -> dict[str, Any]:
-    """The JSON body of a 429: what happened and what to do instead."""
+def refusal(task_id: str | None, bound: str) -> dict[str, Any]:
+    """The JSON body of a 429: what happened and what to do instead.
+
+    ``task_id``: the (first) job the stream was for; None for an owner's list.
+    """
     whose = "of this user" if bound == "owner" else "on this server"
+    about = {} if task_id is None else {"task_id": task_id}
     return {
-        "task_id": task_id,
+        **about,
         "error": {
             "type": "TooManyStreams",
             "message": f"Too many open event streams {whose}: poll the status URL instead.",
@@ -124,9 +128,11 @@ def _peer_closed(sock: Any) -> bool:
     as closed means the browser went away.
     """
     try:
-        # select first: gevent's recv waits for data even when told not to
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
+        # poll first: gevent's recv waits for data even when told not to (and
+        # select() cannot take descriptors past 1024)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):
             return False
         data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError, ValueError):

@@ -219,10 +219,10 @@ def events_of_owner() -> Any:
     if refused:
         return refused
     cursor = request.headers.get("Last-Event-ID") or request.args.get("cursor")
-    return _stream(state, "jobs", lambda: owner_stream(state, owner, cursor, ids))
+    return _stream(state, None, lambda: owner_stream(state, owner, cursor, ids))
 
 
-def _stream(state: Any, label: str, make: Callable[[], Iterator[str]]) -> Any:
+def _stream(state: Any, label: str | None, make: Callable[[], Iterator[str]]) -> Any:
     """An event-stream response within the open-stream bounds (else 429: poll instead)."""
     key = streams.owner_key(state.current_owner(), request.remote_addr)
     release, bound = state.stream_slots.acquire(key)

@@ -58,6 +58,7 @@
     unknownRetries: 3, // a job just sent may not be recorded yet
     pageStream: true, // ride the page's one stream (false: an EventSource of the bar's own)
     maxStreams: 4, // streams of bars' own per page; more poll (a browser has 6 connections)
+    batchLimit: 100, // ids per shared stream or batched poll: the server's JOBTASTIC_BATCH_LIMIT
     cancelButton: false,
     theme: "plain", // "plain" | "bootstrap" (Bootstrap 5 classes)
     autoInit: true, // scan the page on DOMContentLoaded
@@ -381,7 +382,8 @@
   // ---- the page's stream: one connection for every bar and the jobs list ---------------
 
   const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-  const BATCH_LIMIT = 100; // ids per request: the server's JOBTASTIC_BATCH_LIMIT default
+  /** Ids per request: the server's JOBTASTIC_BATCH_LIMIT, as `batchLimit` says. */
+  const batchLimit = () => Math.max(1, Math.floor(Number(settings.batchLimit)) || 100);
   const SYNC_DELAY = 75; // ms: bars added or removed together reopen the stream once
   const STREAM_RETRY = [5000, 10000, 20000, 40000, 60000]; // ms of polling before a retry
   const OWNER_RETRY_MAX = 300000; // ms: the longest wait before asking for the list again
@@ -446,7 +448,7 @@
 
     async poll() {
       this.timer = null;
-      const ids = this.active ? this.ids().slice(0, BATCH_LIMIT) : [];
+      const ids = this.active ? this.ids().slice(0, batchLimit()) : [];
       if (!ids.length) return (this.active = false); // start() again once there are bars
       const url = this.prefix + "/status?ids=" + ids.map(encodeURIComponent).join(",");
       let res = null, body = null;
@@ -465,6 +467,7 @@
         return;
       }
       if (res && !res.ok && res.status < 500 && res.status !== 408 && res.status !== 429) {
+        this.active = false; // start() again for the next bars
         return this.listener.onBatchFatal(res.status, body);
       }
       const retryAfter = (res && Number(res.headers.get("Retry-After")) * 1000) || 0;
@@ -529,9 +532,9 @@
       this.needStream = new Set(); // listed as finished, yet not final when read
     }
 
-    /** Whether one more bar may ride it (the server takes BATCH_LIMIT ids). */
+    /** Whether one more bar may ride it (the server takes batchLimit() ids). */
     accepts(id) {
-      return this.subs.has(id) || this.subs.size < BATCH_LIMIT;
+      return this.subs.has(id) || this.subs.size < batchLimit();
     }
 
     subscribe(id, listener) {
@@ -835,7 +838,7 @@
     }
 
     async readListed() {
-      const ids = Array.from(this.catchUp).slice(0, BATCH_LIMIT);
+      const ids = Array.from(this.catchUp).slice(0, batchLimit());
       ids.forEach((id) => { this.catchUp.delete(id); this.reading.add(id); });
       if (this.catchUp.size) this.later("catchUp", () => this.readListed(), 0);
       let tasks = null;

@@ -332,3 +332,26 @@ def test_a_gevent_web_process_serves_many_viewers_on_one_subscription(redis_serv
     assert len(finished) == 200, server.log_text()  # every viewer saw its job end
     assert sum(r.count(b'"state":"PROGRESS"') > 1 for r in received) >= 150  # pushed live
     assert held <= 2, f"200 streams hold {held} Redis connections"  # pub/sub and a reader
+
+
+def test_the_owner_stream_reads_other_owners_jobs_as_unknown(owned_app, token):
+    with owned_app.test_request_context(headers={"X-User": "bob"}):
+        bobs = SlowProgressTask.delay_or_fail(token=token + "b", seconds=0.2, steps=2).id
+    client = owned_app.test_client()
+    response = client.get(f"/jobtastic/events/jobs?ids={bobs}", headers=ALICE, buffered=False)
+    assert response.status_code == 200
+    try:
+        seen = read_until(parse(response.response), lambda name, _: name == "status")
+    finally:
+        response.close()
+    document = seen[-1][1]
+    assert document["task_id"] == bobs and document["state"] == "UNKNOWN"
+    assert "progress_percent" not in document or document["progress_percent"] == 0
+
+
+def test_a_refused_owner_stream_names_no_job(make_app):
+    app = make_app(owner_header="X-User", JOBTASTIC_EVENTS_MAX_PER_OWNER=0)
+    response = app.test_client().get("/jobtastic/events/jobs", headers=ALICE)
+    assert response.status_code == 429
+    body = response.get_json()
+    assert "task_id" not in body and body["error"]["type"] == "TooManyStreams"

@@ -205,3 +205,27 @@ def test_watchers_hear_of_a_redis_restart_and_get_fresh_records(make_servers) ->
         hub.close(watcher)
     finally:
         close_app(app)
+
+
+@pytest.mark.usefixtures("test_environment")
+def test_a_stream_opened_during_an_outage_hears_of_it_at_once(make_servers) -> None:
+    from tests.app_factory import close_app, create_app
+
+    servers = make_servers("redis")
+    app = create_app(servers=servers.env(f"hub-{uuid.uuid4().hex[:8]}"))
+    try:
+        hub = hub_for(app.extensions["jobtastic"])
+        first = Inbox()
+        watcher = hub.open(first)
+        hub.watch(watcher, [str(uuid.uuid4())])
+        wait_until(lambda: hub.connected, what="the subscription")
+        servers.redis.kill()
+        wait_until(lambda: (d := first.take(0.5)) and "reconnecting" in d.notices, timeout=10)
+        late = Inbox()
+        late_watcher = hub.open(late)  # a page opened while Redis is down
+        delivery = late.take(0.5)
+        assert delivery is not None and delivery.notices == ["reconnecting"]
+        hub.close(late_watcher)
+        hub.close(watcher)
+    finally:
+        close_app(app)
