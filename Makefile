@@ -7,7 +7,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip --disable-pip-version-check
 
-.PHONY: test demo install bench lint venv
+.PHONY: test demo install bench lint venv matrix
 
 $(PYTHON):
 	./scripts/system-deps.sh
@@ -24,6 +24,12 @@ test: install
 	$(PYTHON) -m mypy
 	node --test tests/js/
 	$(PYTHON) -m pytest
+	$(PYTHON) -m nox -s lowest
+
+# The version matrix (noxfile.py): the core tests on the floors of install_requires
+# and on the newest releases, each in a virtual environment of its own under .nox/.
+matrix: install
+	$(PYTHON) -m nox -s lowest newest
 
 demo: venv
 	$(PIP) install --quiet -e .
