@@ -7,7 +7,11 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip --disable-pip-version-check
 
+<<<<<<< HEAD
 .PHONY: test demo install bench lint venv docs
+=======
+.PHONY: test demo install bench lint venv matrix
+>>>>>>> matrix
 
 $(PYTHON):
 	./scripts/system-deps.sh
@@ -25,6 +29,12 @@ test: install
 	node --test tests/js/
 	$(PYTHON) -m sphinx -W --keep-going -n -q -b html docs docs/_build/html
 	$(PYTHON) -m pytest
+	$(PYTHON) -m nox -s lowest
+
+# The version matrix (noxfile.py): the core tests on the floors of install_requires
+# and on the newest releases, each in a virtual environment of its own under .nox/.
+matrix: install
+	$(PYTHON) -m nox -s lowest newest
 
 demo: venv
 	$(PIP) install --quiet -e .
