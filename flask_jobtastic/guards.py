@@ -9,6 +9,7 @@ backends read, then write.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -93,10 +94,14 @@ return 1
 """
 
 
+#: Registered scripts per redis-py client (each caches its SHA and reloads it).
+_scripts: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 def _script(backend: Any, source: str) -> Any:
-    """A registered script per client (redis-py caches the SHA and reloads it)."""
+    """The script ``source`` registered with the backend's client, once per client."""
     client = backend.client
-    cache = client.__dict__.setdefault("_jobtastic_scripts", {})
+    cache = _scripts.setdefault(client, {})
     script = cache.get(source)
     if script is None:
         script = cache[source] = client.register_script(source)

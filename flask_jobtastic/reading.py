@@ -20,13 +20,24 @@ logger = logging.getLogger("flask_jobtastic")
 def viewer_document(state: Any, task_id: str, view: results.JobView) -> dict[str, Any]:
     """The status document for the current viewer; a lost worker's job is settled."""
     document = document_for(task_id, view, expose_errors=state.expose_errors)
-    if view.meta.get("status") == states.PROGRESS and view.is_alive is False:
-        settle_lost_job(state, task_id, view)
+    lost = view.meta.get("status") == states.PROGRESS and view.is_alive is False
+    if lost and not settle_lost_job(state, task_id, view) and view.has_side_records:
+        # Its heartbeat came back between the read and the settling (a paused
+        # result backend): what the job is now, not a FAILURE that would turn back.
+        try:
+            fresh = results.read_job(state.celery.backend, task_id)
+        except Exception:
+            logger.warning("Could not read job %s again", task_id, exc_info=True)
+        else:
+            view = fresh
+            document = document_for(task_id, view, expose_errors=state.expose_errors)
     return for_viewer(document, view.job, state.current_owner())
 
 
-def settle_lost_job(state: Any, task_id: str, view: results.JobView) -> None:
+def settle_lost_job(state: Any, task_id: str, view: results.JobView) -> bool:
     """Make the WorkerLost a reader found final everywhere: meta, herd key, registry.
+
+    Returns False when it was not stored because the job is no longer lost.
 
     Stored, so that the FAILURE never turns back into PROGRESS should the
     worker have been alive after all (a result-backend outage longer than
@@ -46,11 +57,12 @@ def settle_lost_job(state: Any, task_id: str, view: results.JobView) -> None:
     }
     try:
         if not guards.settle_lost(state.celery.backend, task_id, failure):
-            return
+            return False  # alive again, or already final: worth reading again
     except Exception:
         logger.warning("Could not store job %s as lost", task_id, exc_info=True)
-        return
+        return True  # the store is down: a second read would not answer either
     herd_key = (view.job or {}).get("herd_key")
     if herd_key:
         herd.release_herd_key(state.cache_backend, herd_key, task_id)
     state.record_state(task_id, "failed")
+    return True

@@ -225,7 +225,10 @@ def test_a_result_backend_pause_longer_than_the_heartbeat_never_flips_a_final_st
     states = [d["state"] for d in seen]
     assert seen and seen[-1]["ready"], states[-5:]
     first_final = next(i for i, d in enumerate(seen) if d["ready"])
-    assert {d["state"] for d in seen[first_final:]} == {seen[first_final]["state"]}, states
+    assert {d["state"] for d in seen[first_final:]} == {seen[first_final]["state"]}, (
+        states,
+        seen[first_final],
+    )
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
