@@ -9,6 +9,7 @@ job as queued, and send it with the fallback its caller asked for.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -46,7 +47,8 @@ class Call:
     #: Celery's own ``apply_async`` options, ours taken out.
     options: dict[str, Any]
     on_broker_error: OnBrokerError
-    task_id: str
+    #: The id the caller chose (``task_id=``), if any.
+    given_id: str | None
     owner: str | None
     tracked: bool
     description: str | None
@@ -55,6 +57,11 @@ class Call:
     herd_key: str | None
     #: Tracked for this call only (``track_state=True`` on a class that does not track).
     tracked_by_call: bool = False
+
+    @functools.cached_property
+    def task_id(self) -> str:
+        """The job's id, made when first needed: a cached answer needs none."""
+        return self.given_id or str(uuid.uuid4())
 
     @property
     def caches(self) -> bool:
@@ -117,7 +124,7 @@ def bind_call(
         kwargs=kwargs,
         options=options,
         on_broker_error=on_broker_error,
-        task_id=options.pop("task_id", None) or str(uuid.uuid4()),
+        given_id=options.pop("task_id", None) or None,
         owner=owner,
         tracked=tracked,
         tracked_by_call=bool(track_state) and not task.track_state,
