@@ -7,11 +7,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip --disable-pip-version-check
 
-<<<<<<< HEAD
-.PHONY: test demo install bench lint venv docs
-=======
-.PHONY: test demo install bench lint venv matrix
->>>>>>> matrix
+.PHONY: test demo install bench lint venv docs matrix
 
 $(PYTHON):
 	./scripts/system-deps.sh
