@@ -24,6 +24,9 @@ from flask.testing import FlaskClient
 from flask_caching import Cache
 
 from flask_jobtastic.cache import PyMemcacheCache
+from flask_jobtastic.registry_memory import MemoryRegistryStore
+from flask_jobtastic.registry_redis import RedisRegistryStore
+from flask_jobtastic.registry_store import RegistryStore
 from tests.caches import BACKEND, MakeCache
 from tests.rig import (
     ARTIFACTS,
@@ -282,3 +285,30 @@ def token() -> str:
 @pytest.fixture
 def counter(test_environment: None) -> redis.Redis:
     return redis.Redis.from_url(os.environ["JOBTASTIC_TEST_COUNTER_URL"])
+
+
+# -- the job registry's stores ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry_redis() -> Iterator[RedisServer]:
+    """A Redis of the module's own for the registry tests, emptied per test."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(registry_redis: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(registry_redis.url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> RegistryStore:
+    """Each registry store in turn: the contract holds for both."""
+    if request.param == "memory":
+        return MemoryRegistryStore()
+    client: redis.Redis = request.getfixturevalue("redis_client")
+    return RedisRegistryStore(client)

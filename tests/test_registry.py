@@ -7,19 +7,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from flask_jobtastic.registry import (
     FINISHED_STATES,
     JobNotFinished,
     JobRecord,
-    MemoryRegistryStore,
-    RedisRegistryStore,
     Registry,
     RegistryStore,
 )
 from flask_jobtastic.signals import task_changed
-from tests.servers import RedisServer
 
 START = 1_700_000_000.0
 
@@ -35,28 +31,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-@pytest.fixture(scope="module")
-def registry_redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_client(registry_redis: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(registry_redis.url)
-    client.flushdb()
-    yield client
-    client.close()
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> RegistryStore:
-    if request.param == "memory":
-        return MemoryRegistryStore()
-    client: redis.Redis = request.getfixturevalue("redis_client")
-    return RedisRegistryStore(client)
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
@@ -13,20 +11,6 @@ from flask_jobtastic.registry_store import JobRecord
 from tests.servers import RedisServer
 
 START = 1_700_000_000.0
-
-
-@pytest.fixture(scope="module")
-def registry_redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_client(registry_redis: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(registry_redis.url)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 def test_redis_keys_expire_so_nothing_grows_forever(redis_client: redis.Redis) -> None:

@@ -2,39 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-import redis
-
-from flask_jobtastic.registry_memory import MemoryRegistryStore
-from flask_jobtastic.registry_redis import RedisRegistryStore
 from flask_jobtastic.registry_store import JobRecord, RegistryStore
-from tests.servers import RedisServer
 
 START = 1_700_000_000.0
-
-
-@pytest.fixture(scope="module")
-def registry_redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_client(registry_redis: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(registry_redis.url)
-    client.flushdb()
-    yield client
-    client.close()
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> RegistryStore:
-    if request.param == "memory":
-        return MemoryRegistryStore()
-    client: redis.Redis = request.getfixturevalue("redis_client")
-    return RedisRegistryStore(client)
 
 
 def test_store_save_replaces_and_get_many_skips_missing(store: RegistryStore) -> None:
