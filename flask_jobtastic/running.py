@@ -175,9 +175,11 @@ def _begin(task: JobtasticTask, state: JobtasticState | None, context: RunContex
     if state is None:
         write_progress(task, context, context.start_meta)
         return
-    if _sent_long_ago(task):
-        check_stop(task, context)  # a cancel this worker's broadcast missed
     at_once = state.started_delay <= 0 or context.details_used or context.tracked
+    if not at_once and _sent_long_ago(task):
+        # a cancel this worker's broadcast missed; a job shown at once learns
+        # it from that first (guarded) write, without a round trip of its own
+        check_stop(task, context)
     start_heartbeat(task, state, context, None if at_once else state.started_delay)
     if at_once:
         write_progress(task, context, context.start_meta)

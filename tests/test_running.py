@@ -135,12 +135,19 @@ def test_a_cancel_asked_during_the_run_stops_it_at_its_next_write(app: Flask, to
     assert 4 <= ticks[token] < 50  # it stopped at the write after the cancel
 
 
+class SteppedStoppableTask(StoppableTask):
+    """Declares steps, so it shows PROGRESS at once: that first write is its check."""
+
+    steps = ["Only"]
+
+
+@pytest.mark.parametrize("task_cls", [StoppableTask, SteppedStoppableTask])
 def test_a_message_that_waited_is_checked_for_a_cancel_before_it_runs(
-    app: Flask, token: str
+    app: Flask, token: str, task_cls: type[StoppableTask]
 ) -> None:
     task_id = str(uuid.uuid4())
     with app.app_context():
-        task = registered_instance(StoppableTask)
+        task = registered_instance(task_cls)
         ask_cancel(task.backend, task_id)
         sent_at = time.time() - CHECK_CANCEL_AFTER - 1
         task.apply(kwargs={"token": token}, task_id=task_id, headers={"jobtastic_sent_at": sent_at})
