@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .canvas import CanvasError, canvas_or_eager, canvas_or_fail
 from .errors import BrokerUnavailable, ConfigurationError, JobFailed, JobtasticError
 from .extension import Jobtastic
 from .state import JobtasticState
@@ -27,10 +28,13 @@ __all__ = [
     "SUCCESS",
     "UNKNOWN",
     "BrokerUnavailable",
+    "CanvasError",
     "ConfigurationError",
     "JobFailed",
     "Jobtastic",
     "JobtasticError",
     "JobtasticState",
     "JobtasticTask",
+    "canvas_or_eager",
+    "canvas_or_fail",
 ]

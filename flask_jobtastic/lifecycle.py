@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import guards, herd, keys, states
+from . import canvas_flow, guards, herd, keys, results, states
 from .errors import JobStopped
 from .heartbeat import alive_for
 from .status import CANCEL_FIELD, error_id_for
@@ -62,6 +62,7 @@ def stop(task: JobtasticTask, context: RunContext, verdict: str) -> NoReturn:
     assert task_id is not None
     with context.lock:  # the heartbeat must not write anything after this
         context.finished = True
+    _report_to_canvas(task, context, "failed" if verdict == guards.FINAL else "revoked")
     if verdict == guards.FINAL:
         logger.warning(
             "Job %s stops: its state became final while it ran (a reader found its "
@@ -136,15 +137,21 @@ def _record_own_state(task: JobtasticTask, task_id: str, job_state: str) -> None
             state.record_state(task_id, job_state)
 
 
-def succeeded(task: JobtasticTask, task_id: str, args: Any, kwargs: Any) -> None:
+def succeeded(
+    task: JobtasticTask, task_id: str, args: Any, kwargs: Any, retval: Any = None
+) -> None:
     """The registry says succeeded; the id is cached for ``cache_duration``."""
     _record_own_state(task, task_id, "succeeded")
-    if task.cache_duration < 0:
-        return
     state = task._state_or_none()
-    cache_key = run_cache_key(task, task_id, args, kwargs)
-    if state is not None and cache_key is not None:
-        herd.cache_set(state.cache_backend, keys.result_key(cache_key), task_id, cache_ttl(task))
+    if task.cache_duration >= 0 and state is not None:
+        cache_key = run_cache_key(task, task_id, args, kwargs)
+        if cache_key is not None:
+            herd.cache_set(
+                state.cache_backend, keys.result_key(cache_key), task_id, cache_ttl(task)
+            )
+    canvas_id = task._header(canvas_flow.CANVAS_HEADER)
+    if canvas_id and state is not None:
+        canvas_flow.report_ended(state, canvas_id, task_id, "succeeded", result=retval)
 
 
 def cache_ttl(task: JobtasticTask) -> int:
@@ -160,6 +167,10 @@ def cache_ttl(task: JobtasticTask) -> int:
 def failed(task: JobtasticTask, exc: BaseException, task_id: str, einfo: Any) -> None:
     """The registry says failed; the traceback is logged with the error id the user sees."""
     _record_own_state(task, task_id, "failed")
+    canvas_id = task._header(canvas_flow.CANVAS_HEADER)
+    state = task._state_or_none()
+    if canvas_id and state is not None:
+        canvas_flow.report_ended(state, canvas_id, task_id, "failed", error=exc)
     logger.error(
         "Job %s (%s) failed, error id %s: %s: %s\n%s",
         task_id,
@@ -251,10 +262,12 @@ def _claimed_key(task: JobtasticTask, request: Any, headers: dict[str, Any]) -> 
 
 def revoked_unrun(task: JobtasticTask, request: Any) -> None:
     """A message Celery dropped, or a job it terminated, as revoked."""
-    settle_revoked(task._state_or_none(), request.id, _claimed_key(task, request, {}))
+    state = task._state_or_none()
+    settle_revoked(state, request.id, _claimed_key(task, request, {}))
+    _report_from_main_process(state, request.id, "revoked", None)
 
 
-def worker_lost(task: JobtasticTask, task_id: str) -> None:
+def worker_lost(task: JobtasticTask, task_id: str, error: BaseException | None = None) -> None:
     """A pool process killed mid-job (the OOM killer, say), as Celery's main
     process reports it: the registry says failed and the herd key is freed."""
     request = task.request  # Celery pushes the lost job's request for this signal
@@ -263,3 +276,27 @@ def worker_lost(task: JobtasticTask, task_id: str) -> None:
     if state is not None:
         release_herd_key(state, _claimed_key(task, request, headers), task_id)
         state.record_state(task_id, "failed")
+        _report_from_main_process(state, task_id, "failed", error)
+
+
+def _report_to_canvas(task: JobtasticTask, context: RunContext, part_state: str) -> None:
+    """A part stopped mid-run: its canvas counts it."""
+    state = task._state_or_none()
+    if context.canvas_id and context.task_id and state is not None:
+        canvas_flow.report_ended(state, context.canvas_id, context.task_id, part_state)
+
+
+def _report_from_main_process(
+    state: JobtasticState | None, task_id: str, part_state: str, error: BaseException | None
+) -> None:
+    """A part ended in the worker's main process: its canvas is named in its job record."""
+    if state is None:
+        return
+    try:
+        job = results.read_job(state.celery.backend, task_id).job
+    except Exception:
+        logger.warning("Could not read the job record of %s", task_id, exc_info=True)
+        return
+    canvas_id = job.get("canvas") if job else None
+    if isinstance(canvas_id, str):
+        canvas_flow.report_ended(state, canvas_id, task_id, part_state, error=error)

@@ -198,11 +198,16 @@ class JobView:
         return None if run is None or ALIVE_FIELD in run else run
 
     @property
+    def is_canvas(self) -> bool:
+        """A group, chord or chain started as one job (``canvas.start_canvas``)."""
+        return bool(self.job and self.job.get("kind") in ("group", "chord", "chain"))
+
+    @property
     def is_alive(self) -> bool | None:
         """Whether the worker's heartbeat marker exists (or the job just ended and
         Celery is storing its result); None where it cannot be known."""
-        if not self.has_side_records:
-            return None
+        if not self.has_side_records or self.is_canvas:
+            return None  # a canvas's parts have heartbeats; the canvas has none
         run = self.run
         if run is None:
             return False

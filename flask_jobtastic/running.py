@@ -21,7 +21,7 @@ import psutil
 from celery.exceptions import Ignore
 from celery.worker import state as worker_state
 
-from . import guards, herd, keys, lifecycle, results, states
+from . import canvas_flow, guards, herd, keys, lifecycle, results, states
 from .counts import ItemCounter
 from .errors import JobStopped, ResultNotSerializable
 from .heartbeat import alive_for, heartbeat
@@ -69,6 +69,8 @@ class RunContext:
     recorder: StepRecorder | None = None
     counter: ItemCounter | None = None
     details_used: bool = False
+    #: The canvas this job is a part of, if any: it reports there too.
+    canvas_id: str | None = None
     #: Whether PROGRESS (and the alive marker) has been written.
     started: bool = False
     #: Set as the run ends.
@@ -146,6 +148,7 @@ def open_context(
         ),
         redelivered=bool(delivery.get("redelivered")),
         details_used=bool(task.steps),
+        canvas_id=task._header(canvas_flow.CANVAS_HEADER) if task_id else None,
     )
     if task.steps:
         ensure_details(task, context)
@@ -175,6 +178,8 @@ def _begin(task: JobtasticTask, state: JobtasticState | None, context: RunContex
     if state is None:
         write_progress(task, context, context.start_meta)
         return
+    if context.canvas_id:
+        canvas_flow.report_started(state, context.canvas_id, task_id)
     at_once = state.started_delay <= 0 or context.details_used or context.tracked
     if not at_once and _sent_long_ago(task):
         # a cancel this worker's broadcast missed; a job shown at once learns
@@ -328,10 +333,12 @@ def write_progress(task: JobtasticTask, context: RunContext, meta: dict[str, Any
             context.started = True
     if verdict != guards.GO_ON:
         lifecycle.stop(task, context, verdict)
-    if context.tracked:
+    if context.tracked or context.canvas_id:
         state = task._state_or_none()
-        if state is not None:
+        if state is not None and context.tracked:
             state.record_progress(task_id, meta["progress_percent"])
+        if state is not None and context.canvas_id:
+            canvas_flow.report_progress(state, context.canvas_id, task_id, meta)
 
 
 def _store_progress(

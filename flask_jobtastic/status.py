@@ -143,7 +143,7 @@ def _seconds_left(value: Any) -> float:
 
 
 #: Rich-progress fields kept after the job ended (from the ``detail`` record).
-DETAIL_KEYS = ("steps", "steps_summary", "messages", "counts")
+DETAIL_KEYS = ("steps", "steps_summary", "messages", "counts", "children")
 
 
 def public_steps(task_id: str, steps: Any, *, expose: bool) -> Any:

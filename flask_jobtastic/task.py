@@ -18,7 +18,7 @@ import logging
 from typing import Any, ClassVar
 
 from billiard.exceptions import WorkerLostError
-from celery import Task
+from celery import Signature, Task
 from celery.result import AsyncResult, EagerResult
 from celery.signals import task_failure, task_revoked
 from flask import current_app, has_app_context
@@ -189,6 +189,16 @@ class JobtasticTask(ReportingMixin, Task):  # type: ignore[type-arg]  # any argu
         return Task.apply(self, _tuple(args), kwargs, **options)
 
     @ClassOrInstanceMethod
+    def s(self, /, *args: Any, **kwargs: Any) -> Signature[Any]:
+        """A signature of this job for a group, chord or chain (``canvas_or_fail``)."""
+        return Task.s(self, *args, **kwargs)
+
+    @ClassOrInstanceMethod
+    def si(self, /, *args: Any, **kwargs: Any) -> Signature[Any]:
+        """An immutable signature: a chain or chord passes it no previous result."""
+        return Task.si(self, *args, **kwargs)
+
+    @ClassOrInstanceMethod
     def AsyncResult(self, /, task_id: str, **kwargs: Any) -> AsyncResult[Any]:  # noqa: N802
         """The result handle of a job id, on this app's result backend."""
         return Task.AsyncResult(self, task_id, **kwargs)
@@ -211,7 +221,7 @@ class JobtasticTask(ReportingMixin, Task):  # type: ignore[type-arg]  # any argu
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         """Cache the id of a successful run for ``cache_duration``."""
-        lifecycle.succeeded(self, task_id, args, kwargs)
+        lifecycle.succeeded(self, task_id, args, kwargs, retval)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -276,7 +286,7 @@ def _on_task_failure(
 ) -> None:
     """A pool process killed mid-job, as Celery's main process reports it."""
     if isinstance(sender, JobtasticTask) and isinstance(exception, WorkerLostError) and task_id:
-        lifecycle.worker_lost(sender, task_id)
+        lifecycle.worker_lost(sender, task_id, exception)
 
 
 # -- class checks: fail at class definition, naming the attribute to fix --------

@@ -25,7 +25,7 @@ from flask import (
 )
 from werkzeug.routing import PathConverter
 
-from . import jsonsafe, lifecycle, results, states, streams
+from . import canvas, jsonsafe, lifecycle, results, states, streams
 from .assets import asset_dir
 from .contract import served_text
 from .events import event_stream, jobs_stream, owner_stream
@@ -110,6 +110,13 @@ def status(task_id: str) -> Any:
     """``GET <prefix>/status/<task_id>``: the status document of one job."""
     state, view = _readable_job(task_id)
     document = _document(state, task_id, view)
+    if view.is_canvas and request.args.get("children") not in (None, "", "0"):
+        try:
+            document.update(canvas.parts_page(state, task_id, request.args.get("page", "1")))
+        except ValueError as exc:
+            return _error(400, "bad_request", str(exc))
+        except Exception:
+            return _unavailable(task_id)
     response = _no_store(jsonify(document))
     if document["state"] == states.UNKNOWN:
         return response, 404
@@ -262,6 +269,8 @@ def cancel(task_id: str) -> Any:
         return _no_store(jsonify(document))
     try:
         lifecycle.request_cancel(state, task_id, (view.job or {}).get("owner"))
+        if view.is_canvas:
+            canvas.cancel(state, task_id)
         view = results.read_job(state.celery.backend, task_id)
     except Exception:
         return _unavailable(task_id)

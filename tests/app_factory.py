@@ -40,6 +40,7 @@ def create_app(servers: Mapping[str, str] | None = None, **config: Any) -> Flask
     if owner_header:
         # the "current user" is whoever the test request says it is
         extension.owner_loader(lambda: request.headers.get(owner_header))
+    import tests.canvas_tasks  # noqa: F401  registers the parts of canvases
     import tests.tasks  # noqa: F401  registers the test jobs
 
     return app

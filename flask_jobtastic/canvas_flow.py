@@ -1,0 +1,336 @@
+"""How a canvas moves on: a part reports, the next part is sent, the canvas ends.
+
+Runs wherever a part's state changes: in the worker running the part (its
+start, progress writes and ending), in the worker's main process (a part
+dropped as revoked, a pool process killed) and, for a canvas run in-process
+as the broker fallback, in the web process. Each report updates the
+canvas's sums atomically (``canvas_store.report``); whoever's report
+completes a stage sends the next one, and whoever's report ends the canvas
+writes its final state, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, cast
+
+from celery import Task
+from celery.exceptions import TaskRevokedError
+
+from . import canvas_math, canvas_store, herd, keys, results, states
+from .backend import single_attempt
+from .canvas_plan import Part, Plan
+from .errors import BrokerUnavailable
+from .status import error_id_for
+
+if TYPE_CHECKING:
+    from .state import JobtasticState
+    from .task import JobtasticTask
+
+logger = logging.getLogger("flask_jobtastic")
+
+#: The message header that makes a job a part of a canvas: the canvas's id.
+CANVAS_HEADER = "jobtastic_canvas"
+
+
+def part_headers(canvas_id: str, cache_key: str | None) -> dict[str, Any]:
+    headers: dict[str, Any] = {
+        CANVAS_HEADER: canvas_id,
+        "jobtastic_record": True,
+        "jobtastic_herd": False,  # the canvas holds the herd claim, not its parts
+        "jobtastic_sent_at": time.time(),
+    }
+    if cache_key is not None:
+        headers["jobtastic_key"] = cache_key  # its result is cached as a job's would be
+    return headers
+
+
+def part_task(state: JobtasticState, name: str) -> JobtasticTask:
+    """The ``JobtasticTask`` registered under ``name`` (checked as the canvas started)."""
+    return cast("JobtasticTask", state.celery.tasks[name])
+
+
+def part_cache_key(
+    state: JobtasticState, part: Part, args: tuple[Any, ...], owner: Any
+) -> str | None:
+    """Where a part's result is cached (owner-scoped where results are private)."""
+    task = part_task(state, part.task)
+    if task.cache_duration < 0:
+        return None
+    try:
+        cache_key = str(task.cache_key_for(args, part.kwargs))
+    except TypeError:
+        return None
+    if owner is not None and not task.share_across_owners:
+        cache_key = keys.owner_scoped(cache_key, owner)
+    return cache_key
+
+
+def send_part(
+    state: JobtasticState,
+    record: dict[str, Any],
+    index: int,
+    previous: tuple[Any, ...] = (),
+) -> None:
+    """Send part ``index`` of the canvas (the body is the last index), or run it here.
+
+    ``previous``: the result handed on (a chain's last stage's, a chord
+    header's list), put before the part's own arguments unless it is
+    immutable. Raises what the broker raised.
+    """
+    plan = Plan.from_record(record["plan"])
+    part = plan.all_parts()[index]
+    part_id = record["ids"][index]
+    args = part.args if part.immutable or not previous else (*previous, *part.args)
+    task = state.celery.tasks[part.task]
+    headers = part_headers(record["id"], part_cache_key(state, part, args, record.get("owner")))
+    if record.get("eager"):
+        with single_attempt(task.backend):
+            Task.apply(task, args, part.kwargs, task_id=part_id, headers=headers)
+        return
+    Task.apply_async(
+        task,
+        args,
+        part.kwargs,
+        task_id=part_id,
+        headers=headers,
+        retry_policy=state.publish_retry_policy,
+    )
+
+
+# -- reports -------------------------------------------------------------------------
+
+
+def report_started(state: JobtasticState, canvas_id: str, part_id: str) -> None:
+    _report(state, canvas_id, part_id, "running", 0.0, 0.0)
+
+
+def report_progress(
+    state: JobtasticState, canvas_id: str, part_id: str, meta: dict[str, Any]
+) -> None:
+    """A part's progress write: the canvas's PROGRESS follows."""
+    percent = meta.get("progress_percent")
+    fraction = float(percent) / 100 if isinstance(percent, int | float) else 0.0
+    total = meta.get("total")
+    weight = float(total) if isinstance(total, int | float) and total > 0 else 0.0
+    _report(state, canvas_id, part_id, "running", fraction, weight)
+
+
+def report_ended(
+    state: JobtasticState,
+    canvas_id: str,
+    part_id: str,
+    part_state: str,
+    *,
+    result: Any = None,
+    error: BaseException | None = None,
+) -> None:
+    """A part succeeded, failed or was revoked: move the canvas on, or end it."""
+    sums = _report(state, canvas_id, part_id, part_state, 1.0, 0.0, write=False)
+    if sums is None:
+        return
+    record = canvas_store.read_record(state.celery.backend, canvas_id)
+    if record is None:
+        return
+    try:
+        _advance(state, record, sums, part_id, part_state, result, error)
+    except Exception:
+        logger.exception("Canvas %s could not move on after part %s", canvas_id, part_id)
+
+
+def _report(
+    state: JobtasticState,
+    canvas_id: str,
+    part_id: str,
+    part_state: str,
+    fraction: float,
+    total: float,
+    *,
+    write: bool = True,
+) -> dict[str, Any] | None:
+    backend = state.celery.backend
+    try:
+        sums = canvas_store.report(backend, canvas_id, part_id, part_state, fraction, total)
+        if sums is not None and write:
+            _write_progress(state, canvas_id, sums)
+        return sums
+    except Exception:
+        logger.warning("Could not report part %s of canvas %s", part_id, canvas_id, exc_info=True)
+        return None
+
+
+def _write_progress(
+    state: JobtasticState,
+    canvas_id: str,
+    sums: dict[str, Any],
+    record: dict[str, Any] | None = None,
+) -> None:
+    backend = state.celery.backend
+    record = record or canvas_store.read_record(backend, canvas_id)
+    if record is None:
+        return
+    plan = Plan.from_record(record["plan"])
+    if not canvas_math.has_started(sums):
+        return
+    info = canvas_math.progress_info(sums, plan.size, plan.weighting)
+    canvas_store.write_progress(backend, canvas_id, sums, info)
+    if record.get("tracked") and sums.get("version") and _first_start(sums):
+        state.record_state(canvas_id, "running", progress=info["progress_percent"])
+
+
+def _first_start(sums: dict[str, Any]) -> bool:
+    counts = sums.get("counts") or {}
+    return sum(int(counts.get(name) or 0) for name in ("running", *canvas_math.FINISHED)) == 1
+
+
+# -- moving on -------------------------------------------------------------------------
+
+
+def _advance(
+    state: JobtasticState,
+    record: dict[str, Any],
+    sums: dict[str, Any],
+    part_id: str,
+    part_state: str,
+    result: Any,
+    error: BaseException | None,
+) -> None:
+    plan = Plan.from_record(record["plan"])
+    ids: list[str] = record["ids"]
+    index = ids.index(part_id) if part_id in ids else -1
+    if sums.get("cancelled"):
+        if canvas_math.is_settled(sums):
+            finish(state, record, states.REVOKED)
+        return
+    if part_state != "succeeded" and not (part_state == "failed" and plan.tolerate_failures):
+        _fail(state, record, plan, part_id, part_state, error)
+        return
+    last = len(ids) - 1
+    if plan.kind == "group":
+        if canvas_math.is_settled(sums):
+            finish(state, record, states.SUCCESS, result=results_of(state, ids))
+        else:
+            _write_progress(state, record["id"], sums, record)
+    elif plan.kind == "chord" and index < last:
+        if int(sums["counts"]["succeeded"]) == len(plan.parts):
+            send_next(state, record, last, (results_of(state, ids[:last]),))
+        else:
+            _write_progress(state, record["id"], sums, record)
+    elif index < last:  # a chain's stage
+        send_next(state, record, index + 1, (result,))
+    else:  # the chord's body, the chain's last stage
+        finish(state, record, states.SUCCESS, result=result)
+
+
+def send_next(
+    state: JobtasticState, record: dict[str, Any], index: int, previous: tuple[Any, ...]
+) -> None:
+    try:
+        send_part(state, record, index, previous)
+    except Exception as exc:
+        logger.error("Canvas %s could not send its part %d: %s", record["id"], index, exc)
+        for part_id in record["ids"][index:]:
+            _report(state, record["id"], part_id, "revoked", 0.0, 0.0, write=False)
+        finish(state, record, states.FAILURE, error=BrokerUnavailable())
+        return
+    sums = canvas_store.read_sums(state.celery.backend, record["id"])
+    if sums is not None:
+        _write_progress(state, record["id"], sums, record)
+
+
+def _fail(
+    state: JobtasticState,
+    record: dict[str, Any],
+    plan: Plan,
+    part_id: str,
+    part_state: str,
+    error: BaseException | None,
+) -> None:
+    """One part failed (or was revoked on its own): the canvas fails, the rest stop."""
+    if error is None:
+        error = TaskRevokedError("a part of this canvas was cancelled")
+    ended = finish(state, record, states.FAILURE, error=error, failed_part=part_id)
+    if ended:
+        stop_parts(state, record)
+
+
+def stop_parts(state: JobtasticState, record: dict[str, Any]) -> None:
+    """Ask every part not finished to stop; parts never sent count as revoked at once."""
+    backend = state.celery.backend
+    canvas_id = record["id"]
+    ids: list[str] = record["ids"]
+    plan = Plan.from_record(record["plan"])
+    part_states = canvas_store.read_part_states(backend, canvas_id, ids)
+    sent = canvas_math.sent_flags(plan.kind, len(plan.parts), part_states)
+    waiting = [i for i, s in enumerate(part_states) if s not in canvas_math.FINISHED]
+    canvas_store.mark_cancelled(backend, canvas_id, [ids[i] for i in waiting])
+    for i in waiting:
+        if not sent[i]:
+            _report(state, canvas_id, ids[i], "revoked", 0.0, 0.0, write=False)
+    queued = [ids[i] for i in waiting if sent[i]]
+    if queued:
+        try:  # a worker that holds one of these messages drops it
+            state.celery.control.revoke(queued)
+        except Exception:
+            logger.warning("Could not broadcast the cancel of canvas %s", canvas_id, exc_info=True)
+    sums = canvas_store.read_sums(backend, canvas_id)
+    if sums is not None and canvas_math.is_settled(sums):
+        finish(state, record, states.REVOKED)
+
+
+def results_of(state: JobtasticState, ids: list[str]) -> list[Any]:
+    """The parts' results in order, read in one round trip; None for a part that has none."""
+    views = results.read_jobs(state.celery.backend, ids)
+    return [
+        views[pid].meta.get("result") if views[pid].meta.get("status") == states.SUCCESS else None
+        for pid in ids
+    ]
+
+
+def finish(
+    state: JobtasticState,
+    record: dict[str, Any],
+    final_state: str,
+    *,
+    result: Any = None,
+    error: BaseException | None = None,
+    failed_part: str | None = None,
+) -> bool:
+    """Write the canvas's final state, once; False when it already had one."""
+    backend = state.celery.backend
+    canvas_id = record["id"]
+    if final_state == states.SUCCESS:
+        info: Any = result
+    else:
+        if error is None:
+            error = TaskRevokedError("cancelled")
+        info = backend.prepare_exception(cast(Exception, error))
+    meta = results.task_meta(canvas_id, final_state, info)
+    meta["date_done"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    sums = canvas_store.read_sums(backend, canvas_id) or {}
+    plan = Plan.from_record(record["plan"])
+    detail = {"children": canvas_math.children_counts(sums, plan.size), "ended_at": time.time()}
+    if not canvas_store.write_final(backend, canvas_id, meta, detail):
+        return False
+    if failed_part is not None:
+        logger.error(
+            "Canvas %s failed, error id %s: its part %s failed (error id %s): %s: %s",
+            canvas_id,
+            error_id_for(canvas_id),
+            failed_part,
+            error_id_for(failed_part),
+            type(error).__name__,
+            error,
+        )
+    if record.get("herd_key"):
+        herd.release_herd_key(state.cache_backend, record["herd_key"], canvas_id)
+    if record.get("tracked"):
+        job_state = {"SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "revoked"}
+        state.record_state(canvas_id, job_state[final_state])
+    return True
+
+
+def new_ids(plan: Plan) -> list[str]:
+    return [str(uuid.uuid4()) for _ in plan.all_parts()]
