@@ -199,29 +199,38 @@ def _advance(
 ) -> None:
     plan = Plan.from_record(record["plan"])
     ids: list[str] = record["ids"]
-    index = ids.index(part_id) if part_id in ids else -1
-    if sums.get("cancelled"):
-        if canvas_math.is_settled(sums):
-            finish(state, record, states.REVOKED)
-        return
-    if part_state != "succeeded" and not (part_state == "failed" and plan.tolerate_failures):
-        _fail(state, record, plan, part_id, part_state, error)
-        return
-    last = len(ids) - 1
-    if plan.kind == "group":
+    first_failure = sums.get("first_failure")
+    failing = first_failure is not None and not plan.tolerate_failures
+    if failing and part_state == "failed" and part_id == first_failure:
+        _fail(state, record, part_id, error)
+    elif part_state == "revoked" and not sums.get("cancelled"):
+        _fail(state, record, part_id, None)  # one part cancelled on its own
+    elif failing or sums.get("cancelled"):
+        if canvas_math.is_settled(sums):  # the last part to stop: the final counts
+            ended = _failure_of(state, first_failure) if failing else None
+            finish(state, record, states.FAILURE if failing else states.REVOKED, error=ended)
+    elif plan.kind == "group":
         if canvas_math.is_settled(sums):
             finish(state, record, states.SUCCESS, result=results_of(state, ids))
         else:
             _write_progress(state, record["id"], sums, record)
-    elif plan.kind == "chord" and index < last:
+    elif plan.kind == "chord" and ids.index(part_id) < len(ids) - 1:
         if int(sums["counts"]["succeeded"]) == len(plan.parts):
-            send_next(state, record, last, (results_of(state, ids[:last]),))
+            send_next(state, record, len(ids) - 1, (results_of(state, ids[:-1]),))
         else:
             _write_progress(state, record["id"], sums, record)
-    elif index < last:  # a chain's stage
-        send_next(state, record, index + 1, (result,))
+    elif ids.index(part_id) < len(ids) - 1:  # a chain's stage
+        send_next(state, record, ids.index(part_id) + 1, (result,))
     else:  # the chord's body, the chain's last stage
         finish(state, record, states.SUCCESS, result=result)
+
+
+def _failure_of(state: JobtasticState, part_id: Any) -> BaseException | None:
+    """The exception a failed part stored, for a canvas's FAILURE."""
+    if not isinstance(part_id, str):
+        return None
+    info = results.read_job(state.celery.backend, part_id).meta.get("result")
+    return info if isinstance(info, BaseException) else None
 
 
 def send_next(
@@ -241,23 +250,24 @@ def send_next(
 
 
 def _fail(
-    state: JobtasticState,
-    record: dict[str, Any],
-    plan: Plan,
-    part_id: str,
-    part_state: str,
-    error: BaseException | None,
+    state: JobtasticState, record: dict[str, Any], part_id: str, error: BaseException | None
 ) -> None:
-    """One part failed (or was revoked on its own): the canvas fails, the rest stop."""
+    """One part failed (or was cancelled on its own): the canvas fails, the rest stop."""
     if error is None:
         error = TaskRevokedError("a part of this canvas was cancelled")
-    ended = finish(state, record, states.FAILURE, error=error, failed_part=part_id)
-    if ended:
-        stop_parts(state, record)
+    finish(state, record, states.FAILURE, error=error, failed_part=part_id)
+    stop_parts(state, record, end_if_settled=False)
+    finish(state, record, states.FAILURE, error=error)  # the counts once the rest stopped
 
 
-def stop_parts(state: JobtasticState, record: dict[str, Any]) -> None:
-    """Ask every part not finished to stop; parts never sent count as revoked at once."""
+def stop_parts(
+    state: JobtasticState, record: dict[str, Any], *, end_if_settled: bool = True
+) -> None:
+    """Ask every part not finished to stop; parts never sent count as revoked at once.
+
+    With nothing left running, the canvas reads REVOKED (unless ``end_if_settled``
+    is False: it is about to fail).
+    """
     backend = state.celery.backend
     canvas_id = record["id"]
     ids: list[str] = record["ids"]
@@ -276,7 +286,7 @@ def stop_parts(state: JobtasticState, record: dict[str, Any]) -> None:
         except Exception:
             logger.warning("Could not broadcast the cancel of canvas %s", canvas_id, exc_info=True)
     sums = canvas_store.read_sums(backend, canvas_id)
-    if sums is not None and canvas_math.is_settled(sums):
+    if end_if_settled and sums is not None and canvas_math.is_settled(sums):
         finish(state, record, states.REVOKED)
 
 

@@ -77,37 +77,53 @@ return raw
 """
 
 #: KEYS: meta, sums. ARGV: the version the meta was computed from, the meta, its ttl.
+#: The bar never goes back: a part that reports its total late can lower the
+#: weighted sum (it weighed the mean until then), so the percent shown holds
+#: until the work catches up with it.
 _PROGRESS_SCRIPT = (
     _STATUS_OF
     + """
-if final(redis.call('GET', KEYS[1])) then return 0 end
+local current = redis.call('GET', KEYS[1])
+if final(current) then return 0 end
 local sums = redis.call('GET', KEYS[2])
 if sums then
   local version = tonumber(string.match(sums, '"version":(%d+)'))
   if version and version > tonumber(ARGV[1]) then return 0 end
 end
-if ARGV[3] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-else
-  redis.call('SET', KEYS[1], ARGV[2])
+local meta = ARGV[2]
+local pattern = '"progress_percent":%s*([%d%.]+)'
+if current and string.find(current, '"status":%s*"PROGRESS"') then
+  local shown = tonumber(string.match(current, pattern))
+  local now = tonumber(string.match(meta, pattern))
+  if shown and now and shown > now then
+    meta = string.gsub(meta, pattern, '"progress_percent": ' .. string.format('%.1f', shown), 1)
+  end
 end
-redis.call('PUBLISH', KEYS[1], ARGV[2])
+if ARGV[3] ~= '0' then
+  redis.call('SET', KEYS[1], meta, 'EX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], meta)
+end
+redis.call('PUBLISH', KEYS[1], meta)
 return 1
 """
 )
 
 #: KEYS: meta, run. ARGV: the final meta, its ttl, the detail record.
+#: The detail (the parts' counts) is written even when the state already is
+#: final: parts asked to stop as the canvas failed are counted as they stop.
 _FINAL_SCRIPT = (
     _STATUS_OF
     + """
-if final(redis.call('GET', KEYS[1])) then return 0 end
+local ended = final(redis.call('GET', KEYS[1]))
 if ARGV[2] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
   redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2])
+  if not ended then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
 else
-  redis.call('SET', KEYS[1], ARGV[1])
   redis.call('SET', KEYS[2], ARGV[3])
+  if not ended then redis.call('SET', KEYS[1], ARGV[1]) end
 end
+if ended then return 0 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 """
