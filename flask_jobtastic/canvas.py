@@ -234,8 +234,9 @@ def _on_outage(
             if part_states[index] not in canvas_math.FINISHED:
                 canvas_flow.send_part(state, record, index)
         return
-    canvas_flow.stop_parts(state, record)
     canvas_flow.finish(state, record, states.FAILURE, error=BrokerUnavailable())
+    canvas_flow.stop_parts(state, record, end_if_settled=False, broker_down=True)
+    canvas_flow.finish(state, record, states.FAILURE, error=BrokerUnavailable())  # the counts
 
 
 def _all_cached(state: JobtasticState, record: dict[str, Any], plan: Plan) -> None:

@@ -261,12 +261,17 @@ def _fail(
 
 
 def stop_parts(
-    state: JobtasticState, record: dict[str, Any], *, end_if_settled: bool = True
+    state: JobtasticState,
+    record: dict[str, Any],
+    *,
+    end_if_settled: bool = True,
+    broker_down: bool = False,
 ) -> None:
     """Ask every part not finished to stop; parts never sent count as revoked at once.
 
     With nothing left running, the canvas reads REVOKED (unless ``end_if_settled``
-    is False: it is about to fail).
+    is False: it is about to fail). ``broker_down``: no broadcast, every part
+    not finished counts as revoked at once.
     """
     backend = state.celery.backend
     canvas_id = record["id"]
@@ -277,9 +282,9 @@ def stop_parts(
     waiting = [i for i, s in enumerate(part_states) if s not in canvas_math.FINISHED]
     canvas_store.mark_cancelled(backend, canvas_id, [ids[i] for i in waiting])
     for i in waiting:
-        if not sent[i]:
+        if not sent[i] or broker_down:  # a part sent before the outage stops as it starts
             _report(state, canvas_id, ids[i], "revoked", 0.0, 0.0, write=False)
-    queued = [ids[i] for i in waiting if sent[i]]
+    queued = [] if broker_down else [ids[i] for i in waiting if sent[i]]
     if queued:
         try:  # a worker that holds one of these messages drops it
             state.celery.control.revoke(queued)
