@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any, cast
 
 #: The contract's version (semantic versioning), ``info.version`` of ``openapi.json``.
-CONTRACT_VERSION = "1.0.0"
+CONTRACT_VERSION = "1.1.0"
 
 #: The file, inside the package.
 FILENAME = "openapi.json"

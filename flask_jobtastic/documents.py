@@ -76,6 +76,26 @@ class Counts(TypedDict):
     failed: list[Any]
 
 
+class Children(TypedDict):
+    """A canvas's parts counted by state."""
+
+    total: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    revoked: int
+
+
+class PartsPage(TypedDict):
+    """Which page of a canvas's parts a ``?children=1`` answer holds."""
+
+    page: int
+    pages: int
+    per_page: int
+    total: int
+
+
 class StatusDocument(TypedDict):
     """``GET <prefix>/status/<task_id>``, each batch entry, each ``status`` event."""
 
@@ -95,6 +115,9 @@ class StatusDocument(TypedDict):
     steps_summary: NotRequired[str]
     messages: NotRequired[list[Message]]
     counts: NotRequired[Counts]
+    children: NotRequired[Children]
+    parts: NotRequired[list["StatusDocument"]]
+    parts_page: NotRequired[PartsPage]
 
 
 class BatchRequest(TypedDict):
@@ -191,9 +214,11 @@ __all__ = [
     "RemovedEventData",
     "BatchDocument",
     "BatchRequest",
+    "Children",
     "Counts",
     "ErrorDetail",
     "ErrorDocument",
+    "PartsPage",
     "ErrorType",
     "JobError",
     "JobRecord",

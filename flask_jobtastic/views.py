@@ -114,7 +114,7 @@ def status(task_id: str) -> Any:
         try:
             document.update(canvas.parts_page(state, task_id, request.args.get("page", "1")))
         except ValueError as exc:
-            return _error(400, "bad_request", str(exc))
+            return _error(400, "BadRequest", str(exc))
         except Exception:
             return _unavailable(task_id)
     response = _no_store(jsonify(document))

@@ -164,6 +164,24 @@ def test_a_failing_chain_stage_stops_the_chain(app, client, token):
     assert runs(token) == 1  # the second stage never ran
 
 
+def test_the_event_stream_pushes_the_canvas_as_its_parts_report(app, client, token):
+    from tests.test_events import parse
+
+    parts = [RowsPart.s(token=token, rows=20, part=i, pause=0.03) for i in (1, 2, 3)]
+    canvas = start(app, group(parts))
+    response = client.get(f"/jobtastic/events/{canvas.id}", buffered=False)
+    assert response.status_code == 200
+    events = list(parse(response.response))
+    response.close()
+    documents = [payload for name, payload in events if name == "status"]
+    assert documents[-1]["state"] == "SUCCESS" and documents[-1]["result"] == [20, 20, 20]
+    running = [d for d in documents if d["state"] == "PROGRESS"]
+    assert len(running) >= 3  # pushed as the parts went, not one final answer
+    percents = [d["progress_percent"] for d in running]
+    assert percents == sorted(percents)
+    assert all("children" in d for d in documents)
+
+
 # -- the result cache and herd avoidance -------------------------------------------------
 
 

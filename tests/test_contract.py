@@ -503,3 +503,23 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(fuzzed_app):
     assert tally.unsatisfiable == ["GET /jobs.html [negative]"]  # it takes no input at all
     assert {200, 400, 404} <= set(tally.statuses)
     assert len(tally.examples) == 2 * len(operations) - 1 + 4  # and 4 about a known id
+
+
+def test_a_canvas_and_the_page_of_its_parts(app, token):
+    from celery import group
+
+    from flask_jobtastic import canvas_or_fail
+    from tests.canvas_tasks import RowsPart
+
+    client = app.test_client()
+    with app.test_request_context(headers=ALICE):
+        parts = [RowsPart.s(token=token, rows=20, part=i, pause=0.02) for i in range(3)]
+        canvas_id = canvas_or_fail(group(parts)).id
+    running = watch(client, canvas_id, lambda d: d["state"] == "PROGRESS")
+    assert running["children"]["total"] == 3
+    done = watch(client, canvas_id, lambda d: d["ready"])
+    assert done["children"]["succeeded"] == 3
+    page = client.get(f"{PREFIX}/status/{canvas_id}?children=1&page=1", headers=ALICE)
+    assert len(checked(page, "GET", "/status/{task_id}")["parts"]) == 3
+    beyond = client.get(f"{PREFIX}/status/{canvas_id}?children=1&page=2", headers=ALICE)
+    assert checked(beyond, "GET", "/status/{task_id}")["error"]["type"] == "BadRequest"

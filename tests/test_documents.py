@@ -27,6 +27,8 @@ TYPED = {
         "Step",
         "Message",
         "Counts",
+        "Children",
+        "PartsPage",
         "StatusDocument",
         "BatchRequest",
         "BatchDocument",
