@@ -20,8 +20,10 @@ from . import canvas_flow, canvas_math, canvas_store, herd, keys, results, state
 from .backend import single_attempt
 from .canvas_plan import CanvasError, Plan, plan_of
 from .errors import BrokerUnavailable
+from .reading import viewer_document
 from .sending import is_outage
 from .state import JobtasticState
+from .status import build_status
 
 __all__ = ["CanvasError", "canvas_or_eager", "canvas_or_fail", "start_canvas"]
 
@@ -277,9 +279,6 @@ def parts_page(state: JobtasticState, canvas_id: str, page_text: str) -> dict[st
     Each part is owner-checked like any job: one the viewer may not read is
     listed as UNKNOWN.
     """
-    from .reading import viewer_document
-    from .status import build_status
-
     try:
         page = int(page_text)
     except ValueError:

@@ -269,3 +269,13 @@ def test_signatures_that_are_not_one_flat_canvas_are_refused(app, token):
     with pytest.raises(TypeError):
         start(app, group([RowsPart.s(token=token, rows=1, nonsense=2)]))
     assert runs(token) == 0
+
+
+def test_with_jobs_run_synchronously_a_canvas_runs_in_the_calling_process(make_app, token):
+    app = make_app(JOBTASTIC_RUN_SYNCHRONOUSLY=True)
+    header = [RowsPart.s(token=token, rows=3, part=i) for i in (1, 2)]
+    canvas = start(app, chord(header, SumPart.s(extra=1)))
+    document = app.test_client().get(f"/jobtastic/status/{canvas.id}").get_json()
+    assert document["state"] == "SUCCESS", document  # done when the call returned
+    assert document["result"] == 7
+    assert document["children"] == {"total": 3, **counts(succeeded=3)}

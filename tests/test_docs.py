@@ -27,6 +27,7 @@ PAGES = (
     "quickstart",
     "tutorial",
     "tasks",
+    "canvas",
     "widget",
     "testing",
     "status",
