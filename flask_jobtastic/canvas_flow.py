@@ -140,6 +140,26 @@ def report_ended(
         logger.exception("Canvas %s could not move on after part %s", canvas_id, part_id)
 
 
+def report_stopped(state: JobtasticState, canvas_id: str, part_id: str, found_final: bool) -> None:
+    """A part stopped mid-run: cancelled, or its state was final already (a worker
+    that marked it revoked, a reader that found its worker lost): counted as that."""
+    if not found_final:
+        report_ended(state, canvas_id, part_id, "revoked")
+        return
+    meta = results.read_job(state.celery.backend, part_id).meta
+    if meta.get("status") == states.REVOKED:
+        report_ended(state, canvas_id, part_id, "revoked")
+        return
+    error = meta.get("result")
+    report_ended(
+        state,
+        canvas_id,
+        part_id,
+        "failed",
+        error=error if isinstance(error, BaseException) else None,
+    )
+
+
 def _report(
     state: JobtasticState,
     canvas_id: str,

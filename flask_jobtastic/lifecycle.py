@@ -62,13 +62,13 @@ def stop(task: JobtasticTask, context: RunContext, verdict: str) -> NoReturn:
     assert task_id is not None
     with context.lock:  # the heartbeat must not write anything after this
         context.finished = True
-    _report_to_canvas(task, context, "failed" if verdict == guards.FINAL else "revoked")
     if verdict == guards.FINAL:
         logger.warning(
             "Job %s stops: its state became final while it ran (a reader found its "
             "heartbeat missing and reported the worker lost)",
             task_id,
         )
+        _report_to_canvas(task, context, found_final=True)
         raise JobStopped(verdict)
     logger.info("Job %s was cancelled; stopping it", task_id)
     try:
@@ -81,6 +81,7 @@ def stop(task: JobtasticTask, context: RunContext, verdict: str) -> NoReturn:
         logger.warning("Could not mark job %s revoked", task_id, exc_info=True)
     herd_key = context.herd_key if context.herd_claimed else None
     settle_revoked(task._state_or_none(), task_id, herd_key, tracked=context.tracked)
+    _report_to_canvas(task, context, found_final=False)  # cleaned up: its canvas may end
     raise JobStopped(verdict)
 
 
@@ -279,11 +280,11 @@ def worker_lost(task: JobtasticTask, task_id: str, error: BaseException | None =
         _report_from_main_process(state, task_id, "failed", error)
 
 
-def _report_to_canvas(task: JobtasticTask, context: RunContext, part_state: str) -> None:
-    """A part stopped mid-run: its canvas counts it."""
+def _report_to_canvas(task: JobtasticTask, context: RunContext, *, found_final: bool) -> None:
+    """A part stopped mid-run: its canvas counts it (cancelled, or as its final state says)."""
     state = task._state_or_none()
     if context.canvas_id and context.task_id and state is not None:
-        canvas_flow.report_ended(state, context.canvas_id, context.task_id, part_state)
+        canvas_flow.report_stopped(state, context.canvas_id, context.task_id, found_final)
 
 
 def _report_from_main_process(

@@ -255,6 +255,33 @@ def test_a_tracked_canvas_is_one_entry_in_my_jobs(make_app, token):
     assert client.get("/jobtastic/jobs", headers=BOB).get_json()["jobs"] == []
 
 
+def test_reading_a_canvas_costs_one_round_trip_however_many_parts(app, client, token):
+    backend = app.extensions["jobtastic"].celery.backend
+    small = start(app, group(RowsPart.s(token=token, rows=1, part=i) for i in range(2)))
+    large = start(app, group(RowsPart.s(token=token, rows=1, part=i) for i in range(200)))
+    for canvas in (small, large):
+        poll(client, canvas.id, ended, timeout=60)
+    sent: list[str] = []
+    execute = backend.client.execute_command
+
+    def counting(*args, **options):  # instrumentation only: every command still runs
+        sent.append(str(args[0]))
+        return execute(*args, **options)
+
+    backend.client.execute_command = counting
+    try:
+        for canvas in (small, large):
+            sent.clear()
+            assert client.get(f"/jobtastic/status/{canvas.id}").get_json()["state"] == "SUCCESS"
+            assert sent == ["MGET"], sent
+            sent.clear()
+            batch = client.get(f"/jobtastic/status?ids={small.id},{large.id}").get_json()
+            assert len(batch["tasks"]) == 2
+            assert sent == ["MGET"], sent
+    finally:
+        del backend.client.execute_command
+
+
 # -- what cannot be run, said clearly ----------------------------------------------------
 
 

@@ -107,14 +107,19 @@ def test_a_part_whose_pool_child_is_killed_fails_the_canvas(make_rig, token):
 # -- cancel -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("broker", BROKERS)
-def test_cancel_stops_every_part_running_or_queued(make_rig, broker, token, counter):
-    rig = make_rig("prefork", broker, owner_header="X-User")
+#: The README's pool on both brokers, then the other pools on Redis.
+EVERY_RIG = [("prefork", broker) for broker in BROKERS] + [("threads", "redis"), ("solo", "redis")]
+
+
+@pytest.mark.parametrize("rig_kind", EVERY_RIG, ids="-".join)
+def test_cancel_stops_every_part_running_or_queued(make_rig, rig_kind, token, counter):
+    pool, broker = rig_kind
+    rig = make_rig(pool, broker, owner_header="X-User")
     client = rig.app.test_client()
-    # two parts run on the worker's two children, two wait in the queue
+    # some parts run on the worker's pool, the others wait in the queue
     parts = [RowsPart.s(token=token, rows=300, part=i, pause=0.02) for i in range(4)]
     canvas = start(rig.app, group(parts))
-    poll(client, canvas.id, lambda d: d["children"]["running"] == 2, timeout=30, headers=ALICE)
+    poll(client, canvas.id, lambda d: d["children"]["running"] >= 1, timeout=30, headers=ALICE)
     response = client.post(f"/jobtastic/cancel/{canvas.id}", headers={**ALICE, **POST})
     assert response.status_code == 200
     answer = response.get_json()
@@ -131,8 +136,9 @@ def test_cancel_stops_every_part_running_or_queued(make_rig, broker, token, coun
     }
     runs = tasks.runs(token)
     time.sleep(1.0)
-    assert tasks.runs(token) == runs == 2  # the queued parts never started
-    assert int(counter.get(f"cleaned:{token}") or 0) == 2  # on_cancel ran in each running part
+    assert 1 <= tasks.runs(token) == runs < 4  # the queued parts never started
+    # on_cancel ran in each part that ran (and in a part stopped as it was about to start)
+    assert int(counter.get(f"cleaned:{token}") or 0) >= runs
     for part_id in parts_of(rig.app, canvas.id):
         part = client.get(f"/jobtastic/status/{part_id}", headers=ALICE).get_json()
         assert part["state"] == "REVOKED"
