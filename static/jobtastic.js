@@ -30,6 +30,10 @@
  * Cancel: "Cancelling…" (button disabled) from the click, or while a document carries
  * `cancel_pending: true`, until a final document; a failed POST says so and re-enables it.
  *
+ * A canvas (a group, chord or chain started as one job) is a job whose documents carry
+ * `children` (part counts): its bar says "37 of 500 parts done" and "1 failed" beside the
+ * text, in the jobs list too (a list record's `children` stand in for a document's).
+ *
  * Inside, a Tracker puts together: two transports (Poller, and SharedFeed on the
  * PageStream or a Stream of its own) that report to a listener, the StateMachine (the listener: it decides what happens after each
  * document or failure), and a BarView that renders the machine's state into the element.
@@ -89,6 +93,8 @@
       jobTitle: "{name} · {state}", dismiss: "Dismiss",
       jobQueued: "Queued", jobRunning: "Running", jobSucceeded: "Done", jobFailed: "Failed",
       jobRevoked: "Cancelled", jobRetrying: "Retrying", jobCancelling: "Cancelling…",
+      // a canvas (group, chord, chain) beside its bar: done = succeeded + failed + revoked
+      partsDone: "{done} of {total} parts done", partsFailed: "{failed} failed",
     },
   };
 
@@ -176,6 +182,34 @@
       amount: c.amount || 0, success: c.success || 0,
       failure: c.failure || 0, pending: c.pending || 0,
     });
+  }
+
+  const PART_COUNTS = ["pending", "running", "succeeded", "failed", "revoked"];
+
+  /** A canvas document's `children` as whole counts, or null when it is not one. */
+  function partCounts(children) {
+    if (!children || typeof children !== "object" || Array.isArray(children)) return null;
+    const total = children.total == null ? NaN : Number(children.total);
+    if (!isFinite(total) || total < 0) return null;
+    const c = { total: Math.floor(total) };
+    for (const k of PART_COUNTS) c[k] = Math.max(0, Math.floor(Number(children[k]) || 0));
+    return c;
+  }
+
+  /**
+   * A canvas's parts: {done: "37 of 500 parts done", failed: "1 failed"} (failed "" while
+   * none failed), or null without `children`. Every count is a placeholder, and {done}.
+   */
+  function partsText(children, m) {
+    const c = partCounts(children);
+    if (!c) return null;
+    const vars = Object.assign({ done: c.succeeded + c.failed + c.revoked }, c);
+    return { done: fmt(m.partsDone, vars), failed: c.failed > 0 ? fmt(m.partsFailed, vars) : "" };
+  }
+
+  /** A bar's parts text: its document's `children`, else those of its job list record. */
+  function partsShown(doc, record, m) {
+    return partsText(doc && doc.children, m) || partsText(record && record.children, m);
   }
 
   // ---- options and URLs ------------------------------------------------------------------
@@ -1124,6 +1158,8 @@
       this.bootstrap = options.theme === "bootstrap";
       this.stepEls = new Map();
       this.logKey = "";
+      this.doc = {}; // the document rendered last
+      this.record = null; // the job list's record of the job, when the bar is in the list
       this.build(onCancel);
     }
 
@@ -1146,7 +1182,10 @@
       const btn = bs ? " btn btn-sm btn-outline-secondary" : "";
       ui.cancel = h("button", "jobtastic-cancel" + btn, { type: "button" });
       ui.cancel.addEventListener("click", onCancel);
-      ui.footer.append(ui.text, ui.notice, ui.cancel);
+      // a canvas's parts (document.children), beside the text
+      ui.partsDone = h("span", "jobtastic-parts-done");
+      ui.partsFailed = h("span", "jobtastic-parts-failed");
+      ui.footer.append(ui.text, ui.partsDone, ui.partsFailed, ui.notice, ui.cancel);
       ui.errorId = h("div", "jobtastic-error-id");
       ui.details = h("div", "jobtastic-details");
       ui.summary = h("div", "jobtastic-steps-summary");
@@ -1159,10 +1198,27 @@
 
     render(model) {
       const shown = describe(model, this.options), doc = model.document || {};
+      this.doc = doc;
       this.renderClasses(model, shown.look);
       this.renderBar(shown);
       this.renderFooter(model, shown.text);
+      this.renderParts();
       this.renderDetails(doc);
+    }
+
+    /** The job list's record of the bar's job: its `children` stand in for the document's. */
+    setRecord(record) {
+      this.record = record || null;
+      this.renderParts();
+    }
+
+    /** "37 of 500 parts done" and "1 failed" of a canvas; hidden for other jobs. */
+    renderParts() {
+      const ui = this.ui, parts = partsShown(this.doc, this.record, this.options.messages);
+      setText(ui.partsDone, parts ? parts.done : "");
+      setText(ui.partsFailed, parts ? parts.failed : "");
+      show(ui.partsDone, !!ui.partsDone.textContent);
+      show(ui.partsFailed, !!ui.partsFailed.textContent);
     }
 
     renderClasses(model, look) {
@@ -1544,7 +1600,8 @@
       if (!title) return;
       if (item.dataset.jobTitle == null) item.dataset.jobTitle = title.textContent.trim();
       const name = record ? record.description || record.task_name : item.dataset.jobTitle;
-      const state = jobState(record, bar && trackers.get(bar));
+      const tracker = bar && trackers.get(bar), state = jobState(record, tracker);
+      if (tracker) tracker.view.setRecord(record); // a canvas's parts, from its record too
       item.className = "jobtastic-job jobtastic-job-" + state;
       setText(title, jobTitle(name, state, m));
       const finished = JOB_FINISHED.indexOf(state) >= 0 && !(record && record.seen);
@@ -1675,8 +1732,8 @@
   if (typeof module === "object" && module.exports) {
     module.exports = {
       settings, fmt, formatDuration, stepsLeft, errorText, progressText, describe, errorIdText,
-      stepDuration, countsText, deriveUrl, endpoints, trackerOptions, readData, jobsUrl,
-      seenUrl, classifyAnswer, Poller, Stream, streams, StateMachine, jobState, jobTitle,
+      stepDuration, countsText, partCounts, partsText, partsShown, deriveUrl, endpoints,
+      trackerOptions, readData, jobsUrl, seenUrl, classifyAnswer, Poller, Stream, streams, StateMachine, jobState, jobTitle,
       sharedPrefix, BatchPoller, PageStream, SharedFeed, pageStreamFor, SYNC_DELAY, STREAM_RETRY,
     };
   }

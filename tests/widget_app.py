@@ -8,6 +8,10 @@ object) adds settings, e.g. ``{"JOBTASTIC_EVENTS_HEARTBEAT": 1.0}``.
   ``{"task_id": ...}``; kinds: ``slow`` (``SlowProgressTask``), ``tracked``
   (``TrackedTask``, listed in "my jobs"), ``failing`` (``FailingTask``),
   ``silent`` (``SilentTask``, reports nothing).
+* ``POST /start/group`` with ``{"parts": [kwargs, ...]}`` starts a group of
+  ``tests.canvas_tasks.RowsPart`` parts, one per item, as one job (a canvas)
+  and answers ``{"task_id": ...}``; ``tolerate_failures``, ``track_state``
+  (listed in "my jobs") and ``description`` go to ``canvas_or_fail``.
 * ``GET /page`` and ``GET /page/<task_id>``: the user's job list, and the
   job's bar with a Cancel button (``?transport=polling`` to poll). ``?ids=a,b``
   adds a bar per job (``#bar-0``, ``#bar-1``, ...), ``?list=0`` leaves the list out.
@@ -19,9 +23,12 @@ import json
 import os
 from typing import Any
 
+from celery import group
 from flask import jsonify, render_template_string, request
 
+from flask_jobtastic import canvas_or_fail
 from tests.app_factory import create_app
+from tests.canvas_tasks import RowsPart
 from tests.tasks import FailingTask, SilentTask, SlowProgressTask, TrackedTask
 
 app = create_app(
@@ -56,6 +63,14 @@ def start(kind: str) -> Any:
     task = KINDS[kind]
     result = task.delay_or_fail(**(request.get_json(force=True) or {}))
     return jsonify(task_id=result.id)
+
+
+@app.post("/start/group")
+def start_group() -> Any:
+    body = request.get_json(force=True) or {}
+    options = {k: body[k] for k in ("tolerate_failures", "track_state", "description") if k in body}
+    canvas = canvas_or_fail(group(RowsPart.s(**kwargs) for kwargs in body["parts"]), **options)
+    return jsonify(task_id=canvas.id)
 
 
 @app.get("/page")
