@@ -346,7 +346,10 @@ def finish(
     meta["date_done"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     sums = canvas_store.read_sums(backend, canvas_id) or {}
     plan = Plan.from_record(record["plan"])
-    detail = {"children": canvas_math.children_counts(sums, plan.size), "ended_at": time.time()}
+    children = canvas_math.children_counts(sums, plan.size)
+    if final_state != states.SUCCESS:  # what still waits or runs has been asked to stop
+        children = canvas_math.stopping(children)
+    detail = {"children": children, "ended_at": time.time()}
     if not canvas_store.write_final(backend, canvas_id, meta, detail):
         return False
     if failed_part is not None:

@@ -9,6 +9,7 @@ from flask_jobtastic.canvas_math import (
     progress_info,
     progress_of,
     sent_flags,
+    stopping,
     time_left,
 )
 
@@ -92,3 +93,15 @@ def test_which_parts_were_sent() -> None:
     assert sent_flags("chord", 2, ["succeeded", "running", "pending"]) == [True, True, False]
     assert sent_flags("chord", 2, ["succeeded", "succeeded", "pending"]) == [True, True, True]
     assert sent_flags("chain", 3, ["succeeded", "running", "pending"]) == [True, True, False]
+
+
+def test_a_canvas_that_ends_early_counts_what_it_stops_as_revoked() -> None:
+    counts = {"total": 5, "pending": 2, "running": 1, "succeeded": 1, "failed": 1, "revoked": 0}
+    assert stopping(counts) == {
+        "total": 5,
+        "pending": 0,
+        "running": 0,
+        "succeeded": 1,
+        "failed": 1,
+        "revoked": 3,
+    }
