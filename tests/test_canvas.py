@@ -182,6 +182,26 @@ def test_the_event_stream_pushes_the_canvas_as_its_parts_report(app, client, tok
     assert all("children" in d for d in documents)
 
 
+def test_the_pages_one_stream_carries_a_canvas_beside_a_job(app, client, token):
+    from tests.test_events import parse
+
+    canvas = start(app, group(RowsPart.s(token=token, rows=10, part=i, pause=0.03) for i in (1, 2)))
+    with app.app_context():
+        job = RowsPart.delay_or_fail(token=token, rows=5, part=9)
+    response = client.get(f"/jobtastic/events?ids={canvas.id},{job.id}", buffered=False)
+    assert response.status_code == 200
+    events = list(parse(response.response))
+    response.close()
+    assert events[-1][0] == "done"
+    last = {}
+    for name, payload in events:
+        if name == "status":
+            last[payload["task_id"]] = payload
+    assert last[canvas.id]["state"] == "SUCCESS" and last[canvas.id]["result"] == [10, 10]
+    assert last[canvas.id]["children"]["succeeded"] == 2
+    assert last[job.id]["result"] == 5 and "children" not in last[job.id]
+
+
 # -- the result cache and herd avoidance -------------------------------------------------
 
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 import time
 from typing import Any, assert_type
 
-from celery import Celery
+from celery import Celery, Signature, chain, group
 from celery.result import AsyncResult, EagerResult
 from flask import Flask, render_template, request
 from flask_caching import Cache
 
-from flask_jobtastic import Jobtastic, JobtasticState, JobtasticTask
+from flask_jobtastic import (
+    Jobtastic,
+    JobtasticState,
+    JobtasticTask,
+    canvas_or_eager,
+    canvas_or_fail,
+)
 from flask_jobtastic.cache import PyMemcacheCache
 
 
@@ -82,6 +88,16 @@ def every_call_method(state: JobtasticState) -> None:
     assert_type(LotsOfDivisionTask.apply(([1], [1])), EagerResult[Any])
     assert_type(LotsOfDivisionTask.AsyncResult("an-id"), AsyncResult[Any])
     assert_type(state.current_owner(), str | None)
+
+
+def a_canvas() -> None:
+    """A group of signatures made on the class, started as one job."""
+    signature = LotsOfDivisionTask.s(numerators=[1], denominators=[1])
+    assert_type(signature, Signature[Any])
+    assert_type(canvas_or_fail(group([signature])), AsyncResult[Any])
+    assert_type(
+        canvas_or_eager(chain(signature, LotsOfDivisionTask.si([2], [2]))), AsyncResult[Any]
+    )
 
 
 flask_app = create_app()
