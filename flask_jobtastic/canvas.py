@@ -21,7 +21,7 @@ from .backend import single_attempt
 from .canvas_plan import CanvasError, Plan, plan_of
 from .errors import BrokerUnavailable
 from .reading import viewer_document
-from .sending import is_outage
+from .sending import is_outage, unsendable
 from .state import JobtasticState
 from .status import build_status
 
@@ -64,6 +64,7 @@ def start_canvas(
     canvas_store.require_redis(backend)
     plan = plan_of(signature, tolerate_failures=tolerate_failures)
     _check_parts(state, plan)
+    _check_sendable(plan)
     if track_state and state.registry is None:
         raise RuntimeError("track_state needs the job registry: set JOBTASTIC_REGISTRY")
     owner = state.current_owner()
@@ -125,6 +126,19 @@ def _check_parts(state: JobtasticState, plan: Plan) -> None:
         )
         args = (None, *part.args) if takes_previous else part.args
         task._bind_arguments(args, part.kwargs)
+
+
+def _check_sendable(plan: Plan) -> None:
+    """Arguments JSON cannot carry are refused before anything is claimed or written."""
+    for part in plan.all_parts():
+        try:
+            results.dumps_record(part.record())
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{part.task} in this canvas has {unsendable(part.args, part.kwargs)} that "
+                "cannot be sent as JSON; pass strings, numbers, booleans, None, or lists "
+                "and dicts of them"
+            ) from None
 
 
 def _cached_parts(state: JobtasticState, plan: Plan, ids: list[str], owner: Any) -> set[str]:

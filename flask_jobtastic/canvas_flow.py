@@ -181,22 +181,43 @@ def _report(
         return None
 
 
+#: What a part's progress write needs of its canvas (size, weighting, tracked),
+#: which never changes: kept per process, so a report is two round trips, not three.
+_shapes: dict[str, tuple[int, str, bool]] = {}
+_MAX_SHAPES = 512
+
+
+def _shape_of(
+    state: JobtasticState, canvas_id: str, record: dict[str, Any] | None
+) -> tuple[int, str, bool] | None:
+    shape = _shapes.get(canvas_id)
+    if shape is not None:
+        return shape
+    record = record or canvas_store.read_record(state.celery.backend, canvas_id)
+    if record is None:
+        return None
+    plan = Plan.from_record(record["plan"])
+    if len(_shapes) >= _MAX_SHAPES:
+        _shapes.clear()
+    shape = _shapes[canvas_id] = (plan.size, plan.weighting, bool(record.get("tracked")))
+    return shape
+
+
 def _write_progress(
     state: JobtasticState,
     canvas_id: str,
     sums: dict[str, Any],
     record: dict[str, Any] | None = None,
 ) -> None:
-    backend = state.celery.backend
-    record = record or canvas_store.read_record(backend, canvas_id)
-    if record is None:
-        return
-    plan = Plan.from_record(record["plan"])
     if not canvas_math.has_started(sums):
         return
-    info = canvas_math.progress_info(sums, plan.size, plan.weighting)
-    canvas_store.write_progress(backend, canvas_id, sums, info)
-    if record.get("tracked") and sums.get("version") and _first_start(sums):
+    shape = _shape_of(state, canvas_id, record)
+    if shape is None:
+        return
+    size, weighting, tracked = shape
+    info = canvas_math.progress_info(sums, size, weighting)
+    canvas_store.write_progress(state.celery.backend, canvas_id, sums, info)
+    if tracked and _first_start(sums):
         state.record_state(canvas_id, "running", progress=info["progress_percent"])
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import guards, herd, results, states
+from billiard.exceptions import WorkerLostError
+
+from . import canvas_flow, guards, herd, results, states
 from .status import WORKER_LOST, document_for, for_viewer
 
 logger = logging.getLogger("flask_jobtastic")
@@ -65,4 +67,7 @@ def settle_lost_job(state: Any, task_id: str, view: results.JobView) -> bool:
     if herd_key:
         herd.release_herd_key(state.cache_backend, herd_key, task_id)
     state.record_state(task_id, "failed")
+    canvas_id = (view.job or {}).get("canvas")
+    if isinstance(canvas_id, str):  # a part of a canvas: the canvas fails with it
+        canvas_flow.report_ended(state, canvas_id, task_id, "failed", error=WorkerLostError())
     return True

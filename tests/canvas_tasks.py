@@ -63,3 +63,9 @@ class SleepPart(JobtasticTask):
         count_run(token)
         time.sleep(seconds)
         return value
+
+
+class BriefClaimPart(RowsPart):
+    """``RowsPart`` with the shortest herd timeout: a dead worker's part reads lost in 3 s."""
+
+    herd_avoidance_timeout = 2

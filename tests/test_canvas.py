@@ -315,6 +315,8 @@ def test_signatures_that_are_not_one_flat_canvas_are_refused(app, token):
         start(app, chain(RowsPart.s(token=token, rows=1), SumPart.s()), tolerate_failures=True)
     with pytest.raises(TypeError):
         start(app, group([RowsPart.s(token=token, rows=1, nonsense=2)]))
+    with pytest.raises(TypeError, match="argument 'part' .* cannot be sent as JSON"):
+        start(app, group([RowsPart.s(token=token, rows=1, part=object())]))
     assert runs(token) == 0
 
 

@@ -18,7 +18,7 @@ from flask_jobtastic import canvas_or_eager, canvas_or_fail
 from flask_jobtastic.canvas import part_ids
 from tests import tasks
 from tests.app_factory import close_app, create_app
-from tests.canvas_tasks import RowsPart, SumPart
+from tests.canvas_tasks import BriefClaimPart, RowsPart, SumPart
 from tests.polling import poll
 from tests.rig import BROKERS, Servers
 
@@ -102,6 +102,28 @@ def test_a_part_whose_pool_child_is_killed_fails_the_canvas(make_rig, token):
         client, canvas.id, lambda d: d["children"]["running"] == 0, timeout=30, headers=ALICE
     )
     assert document["children"]["failed"] == 1 and document["children"]["revoked"] == 1
+
+
+def test_a_whole_worker_killed_shows_once_its_parts_are_read(make_rig, token):
+    rig = make_rig("prefork", "redis", fresh=True, owner_header="X-User")
+    client = rig.app.test_client()
+    parts = [BriefClaimPart.s(token=token, rows=400, part=i, pause=0.02) for i in (1, 2)]
+    canvas = start(rig.app, group(parts))
+    page = f"/jobtastic/status/{canvas.id}?children=1"
+
+    def both_writing(document):
+        return all(part["progress_percent"] > 0 for part in document.get("parts", []))
+
+    deadline = time.monotonic() + 30
+    while not both_writing(client.get(page, headers=ALICE).get_json()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rig.worker.kill()  # the main process and its children: no one reports anything
+    time.sleep(4)  # past the parts' alive markers (herd_avoidance_timeout + 1)
+    read = client.get(page, headers=ALICE).get_json()
+    assert [part.get("error", {}).get("type") for part in read["parts"]] == ["WorkerLost"] * 2
+    _, document = poll(client, canvas.id, ended, timeout=10, headers=ALICE)
+    assert document["state"] == "FAILURE" and document["error"]["type"] == "WorkerLost"
 
 
 # -- cancel -----------------------------------------------------------------------------
