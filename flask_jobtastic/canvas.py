@@ -162,9 +162,9 @@ def _cached_parts(state: JobtasticState, plan: Plan, ids: list[str], owner: Any)
 
 
 def _herd_key(state: JobtasticState, plan: Plan, owner: Any) -> str:
-    key = "canvas:" + keys.canonical_json(plan.record())
-    digest = keys.herd_key(keys.owner_scoped(key, owner) if owner is not None else key)
-    return str(digest)
+    """Where a canvas of these parts, arguments and options claims its run: a digest."""
+    cache_key = keys.build_cache_key("canvas", [("plan", keys.canonical_json(plan.record()))])
+    return keys.herd_key(keys.owner_scoped(cache_key, owner) if owner is not None else cache_key)
 
 
 def _claim_or_join(

@@ -228,6 +228,16 @@ def test_an_identical_canvas_sent_while_one_runs_joins_it(app, client, token):
     assert third.id != first.id
 
 
+def test_a_large_canvas_claims_its_run_under_a_short_key(app, token):
+    from flask_jobtastic import results
+
+    canvas = start(app, group(RowsPart.s(token=token, rows=1, part=i) for i in range(300)))
+    backend = app.extensions["jobtastic"].celery.backend
+    herd_key = results.read_job(backend, canvas.id).job["herd_key"]
+    assert len(herd_key.encode()) <= 250  # a valid memcached key, whatever the plan's size
+    assert token not in herd_key
+
+
 # -- ownership, the parts' documents, the registry --------------------------------------
 
 
