@@ -27,6 +27,7 @@ from . import (
     p6_herd,
     p7_events,
     p8_push,
+    p9_canvas,
 )
 from .env import BenchEnv
 from .report import BenchResult, console_table, markdown
@@ -46,6 +47,7 @@ BENCHMARKS: dict[str, tuple[str, Runner]] = {
     "P6": ("200 concurrent identical calls", p6_herd.run),
     "P7": ("event stream vs polling latency", p7_events.run),
     "P8": ("many viewers on one gevent web process", p8_push.run),
+    "P9": ("status of a group of 1,000 children vs one job's", p9_canvas.run),
 }
 
 

@@ -4,7 +4,8 @@ With no environment variables it runs in the library's no-servers mode: an
 in-memory broker, result store and cache, and a Celery worker thread inside
 the web process. Set ``CELERY_BROKER_URL``, ``CELERY_RESULT_BACKEND`` and
 ``MEMCACHED_SERVERS`` (comma-separated ``host:port``) to use real servers,
-with ``celery -A example_app.worker worker`` running the jobs.
+with ``celery -A example_app.worker worker`` running the jobs. The batch card's
+chord needs a Redis result backend, so it only runs with real servers.
 """
 
 from __future__ import annotations

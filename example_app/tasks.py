@@ -2,14 +2,19 @@
 
 Start them on the class, e.g. ``LotsOfDivisionTask.delay_or_fail(numerators=[...],
 denominators=[...])``; the web process and the worker both import this module.
+``RenderFileTask`` and ``ZipFilesTask`` are the parts of a chord, started as one
+job with ``canvas_or_fail`` (see ``views.start_batch``).
 """
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
 import random
 import time
+import zipfile
 from datetime import date, timedelta
 from typing import Any
 
@@ -175,4 +180,73 @@ class MultiStepTask(JobtasticTask):
             "checked": len(orders),
             "passed": len(orders) - len(failed),
             "failed": failed,
+        }
+
+
+#: The files the batch card renders, with their pages: each is a part of its own.
+BATCH_FILES = (
+    ("welcome-letter.md", 3),
+    ("invoice-0141.md", 6),
+    ("price-list.md", 10),
+    ("shipping-notes.md", 5),
+    ("returns-policy.md", 4),
+    ("catalogue.md", 12),
+    ("invoice-0142.md", 4),
+    ("terms.md", 8),
+)
+
+_WORDS = ("beans", "roast", "grind", "brew", "filter", "order", "parcel", "label", "price", "blend")
+
+
+class RenderFileTask(JobtasticTask):
+    """Renders one text file to an HTML page, a page at a time: a part of the batch.
+
+    Cached for five minutes: the same file in another batch is not rendered again.
+    """
+
+    significant_kwargs = ["filename", "pages"]
+    herd_avoidance_timeout = 60
+    cache_duration = 300
+    #: Seconds spent on each page.
+    page_seconds = 0.25
+
+    def calculate_result(self, filename: str, pages: int) -> dict[str, Any]:
+        pages = int(pages)
+        if pages < 1:
+            raise JobFailed(f"{filename} has no pages to render.")
+        rng = random.Random(filename)  # same file, same text
+        title = html.escape(filename.rsplit(".", 1)[0].replace("-", " ").capitalize())
+        body = [f"<h1>{title}</h1>"]
+        for page in range(1, pages + 1):
+            time.sleep(self.page_seconds)
+            words = " ".join(rng.choice(_WORDS) for _ in range(60))
+            body.append(f'<section class="page"><h2>Page {page}</h2><p>{words}.</p></section>')
+            self.update_progress(page, pages)
+        document = (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+            f"<body>{''.join(body)}</body></html>"
+        )
+        return {"filename": filename.rsplit(".", 1)[0] + ".html", "pages": pages, "html": document}
+
+
+class ZipFilesTask(JobtasticTask):
+    """The batch's last part: zips what every ``RenderFileTask`` rendered, in order."""
+
+    herd_avoidance_timeout = 60
+
+    def calculate_result(
+        self, rendered: list[dict[str, Any]], archive: str = "rendered.zip"
+    ) -> dict[str, Any]:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
+            for count, item in enumerate(rendered, start=1):
+                zipped.writestr(item["filename"], item["html"])
+                self.update_progress(count, len(rendered))
+        data = buffer.getvalue()
+        return {
+            "filename": archive,
+            "files": [item["filename"] for item in rendered],
+            "pages": sum(int(item["pages"]) for item in rendered),
+            "bytes": len(data),
+            "zip_base64": base64.b64encode(data).decode("ascii"),
         }

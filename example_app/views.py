@@ -1,8 +1,9 @@
 """Pages and the small JSON API of the demo.
 
-Every start goes through ``Task.delay_or_fail(...)``; the library's blinker
-signals tell whether the call sent a job, joined one in flight or was
-answered from the result cache.
+Every start goes through ``Task.delay_or_fail(...)``, except the batch's: a
+chord started as one job with ``canvas_or_fail(...)``. The library's blinker
+signals tell whether a ``delay_or_fail`` call sent a job, joined one in
+flight or was answered from the result cache.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from celery import chord
+from celery.backends.redis import RedisBackend
 from flask import (
     Blueprint,
     abort,
@@ -33,10 +36,20 @@ from flask import (
 )
 from werkzeug.wrappers import Response
 
-from flask_jobtastic import JobtasticTask, signals
+from flask_jobtastic import JobtasticTask, canvas_or_fail, signals
 
 from . import USER_KEY
-from .tasks import REGIONS, YEARS, CsvReportTask, FlakyImportTask, LotsOfDivisionTask, MultiStepTask
+from .tasks import (
+    BATCH_FILES,
+    REGIONS,
+    YEARS,
+    CsvReportTask,
+    FlakyImportTask,
+    LotsOfDivisionTask,
+    MultiStepTask,
+    RenderFileTask,
+    ZipFilesTask,
+)
 
 bp = Blueprint("demo", __name__)
 
@@ -55,6 +68,9 @@ _JQUERY_CANDIDATES = (
 DEFAULT_NUMERATORS = ", ".join(str(n * 37) for n in range(1, 61))
 DEFAULT_DENOMINATORS = ", ".join(str(n % 7 + 1) for n in range(1, 61))
 
+#: How many files the batch card offers to render (the first ones of ``BATCH_FILES``).
+BATCH_SIZES = (4, 6, 8)
+
 
 class BadInput(ValueError):
     """A start request with arguments the job cannot take; shown to the user."""
@@ -62,11 +78,15 @@ class BadInput(ValueError):
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of demo job: its task class and how to read its arguments."""
+    """One kind of demo job: its task class and how to read its arguments.
+
+    ``start``: how to start it, when not with ``task.delay_or_fail``.
+    """
 
     task: type[JobtasticTask]
     label: str
     parse: Callable[[dict[str, Any]], dict[str, Any]]
+    start: Callable[..., Any] | None = None
 
 
 def _numbers(value: Any, what: str) -> list[int]:
@@ -118,11 +138,44 @@ def _steps_args(data: dict[str, Any]) -> dict[str, Any]:
     return {"batch": batch or "today"}
 
 
+def canvases_available() -> bool:
+    """Whether this app can start a chord: its parts keep their sums in a Redis result
+    backend, which the no-servers mode has not."""
+    return isinstance(current_app.extensions["jobtastic"].celery.backend, RedisBackend)
+
+
+def _batch_args(data: dict[str, Any]) -> dict[str, Any]:
+    if not canvases_available():
+        raise BadInput(
+            "The batch is a chord of jobs, and chords need a Redis result backend: start "
+            "the demo with CELERY_BROKER_URL and CELERY_RESULT_BACKEND set to redis://… "
+            "and run celery -A example_app.worker worker."
+        )
+    try:
+        files = int(data.get("files") or BATCH_SIZES[0])
+    except (TypeError, ValueError):
+        raise BadInput("The number of files must be a number.") from None
+    if files not in BATCH_SIZES:
+        raise BadInput(f"Pick {', '.join(map(str, BATCH_SIZES))} files.")
+    return {"files": files}
+
+
+def start_batch(files: int) -> Any:
+    """Render the first ``files`` files, each a job of its own, then zip them.
+
+    A chord started as one job: one id, one status document with the parts
+    counted in its ``children``, one bar.
+    """
+    renders = (RenderFileTask.s(filename=name, pages=pages) for name, pages in BATCH_FILES[:files])
+    return canvas_or_fail(chord(renders, ZipFilesTask.s(archive=f"rendered-{files}-files.zip")))
+
+
 KINDS: dict[str, Kind] = {
     "division": Kind(LotsOfDivisionTask, "Lots of division", _division_args),
     "report": Kind(CsvReportTask, "CSV sales report", _report_args),
     "failing": Kind(FlakyImportTask, "Customer import (fails)", _failing_args),
     "steps": Kind(MultiStepTask, "Order check in steps", _steps_args),
+    "batch": Kind(RenderFileTask, "Batch of files", _batch_args, start=start_batch),
 }
 
 
@@ -163,8 +216,9 @@ def start_job(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     arguments = spec.parse(data)
     outcome: dict[str, str] = {}
     started = time.perf_counter()
+    start = spec.start or spec.task.delay_or_fail
     with _watch_dispatch(outcome):
-        result = spec.task.delay_or_fail(**arguments)
+        result = start(**arguments)
     elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
     how = outcome.get("outcome", "sent")
     info = {
@@ -218,6 +272,7 @@ def _template_globals() -> dict[str, Any]:
         "user_id": session.get(USER_KEY, ""),
         "kinds": KINDS,
         "embedded": current_app.extensions["jobtastic"].embedded_worker is not None,
+        "canvases": canvases_available(),
     }
 
 
@@ -278,6 +333,8 @@ def index() -> str:
         years=YEARS,
         default_numerators=DEFAULT_NUMERATORS,
         default_denominators=DEFAULT_DENOMINATORS,
+        batch_sizes=BATCH_SIZES,
+        batch_files=BATCH_FILES,
         recent=recent_jobs(),
         want_jquery=want_jquery,
         load_jquery=want_jquery and jquery_path() is not None,

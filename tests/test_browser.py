@@ -3,6 +3,7 @@
 The demo app (``python -m example_app``) runs as a real subprocess in its embedded mode
 (in-memory broker and results, a worker thread in the web process), and each test
 checks what a person would see: the bar, its text, its state classes and ARIA values.
+Its batch card (a chord) runs on the demo with Redis and its own ``celery worker``.
 ``pytest -s`` prints the latency figures of the event stream and of polling, which are
 also written to ``test-artifacts/browser-latency.txt``.
 """
@@ -21,6 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -139,9 +141,13 @@ JQUERY_STUB = """
 
 
 class DemoServer:
-    """``python -m example_app --port N`` in embedded mode, logging to test-artifacts."""
+    """``python -m example_app --port N`` in embedded mode, logging to test-artifacts.
 
-    def __init__(self, name: str) -> None:
+    ``env``: the servers to use instead (``CELERY_BROKER_URL`` and the like).
+    """
+
+    def __init__(self, name: str, env: dict[str, str] | None = None) -> None:
+        self.extra_env = dict(env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = ARTIFACTS / f"browser-{name}.log"
@@ -150,7 +156,7 @@ class DemoServer:
     def start(self, timeout: float = 30.0) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k not in _SERVER_ENV}
-        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env, PYTHONUNBUFFERED="1")
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "example_app", "--port", str(self.port)],
@@ -1312,3 +1318,108 @@ def test_page_stream_refused_means_one_batched_poll_for_all_bars(
         assert {r["transport"] for r in updates} == {"polling"}, updates
     finally:
         server.stop()
+
+
+# -- the batch card: a chord, on the demo's own worker and Redis --------------------
+
+
+class DemoWorker(WorkerProcess):
+    """``celery -A example_app.worker worker``, the demo's worker for real servers."""
+
+    def command(self) -> list[str]:
+        argv = super().command()
+        argv[argv.index("tests.worker_app")] = "example_app.worker"
+        return argv
+
+
+@pytest.fixture(scope="module")
+def demo_on_servers() -> Iterator[DemoServer]:
+    """The demo on one Redis (broker and result backend) with its prefork worker."""
+    with RedisServer() as redis_server:
+        env = {"CELERY_BROKER_URL": redis_server.url, "CELERY_RESULT_BACKEND": redis_server.url}
+        log = ARTIFACTS / "browser-demo-worker.log"
+        log.unlink(missing_ok=True)  # start() waits for " ready." in it
+        worker = DemoWorker(log, env=env)
+        worker.start()
+        server = DemoServer("demo-servers", env=env)
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
+            worker.stop()
+
+
+#: What the batch card renders for "4 files": the first four files, as HTML.
+BATCH_OF_FOUR = [
+    "welcome-letter.html",
+    "invoice-0141.html",
+    "price-list.html",
+    "shipping-notes.html",
+]
+
+
+def parts_of(page: Page, task_id: str) -> list[dict[str, Any]]:
+    """The documents of a canvas's parts (its first page of them), in order."""
+    response = page.request.get(f"/jobtastic/status/{task_id}?children=1")
+    assert response.ok, response.text()
+    parts: list[dict[str, Any]] = response.json()["parts"]
+    return parts
+
+
+def test_batch_card_renders_the_files_as_one_job_on_the_worker(
+    new_page: NewPage, demo_on_servers: DemoServer, tmp_path: Path
+) -> None:
+    page = new_page(base_url=demo_on_servers.url)
+    page.goto("/")
+    expect(page.locator("#batch-needs-redis")).to_have_count(0)
+    page.select_option("#batch-form select[name=files]", "4")
+    page.click("#start-batch")
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]{36}$"))
+    task_id = page.locator("#job-id").inner_text()
+    expect(page.locator("#cache-note")).to_contain_text("Batch started as one job")
+    expect(page.locator(".jobtastic")).to_have_count(1)  # one bar for the whole batch
+    expect_success(page, "#job-bar")
+    document = wait_for_state(page, task_id, "SUCCESS")
+    assert document["children"] == {
+        "total": 5,  # four renders and the zip
+        "pending": 0,
+        "running": 0,
+        "succeeded": 5,
+        "failed": 0,
+        "revoked": 0,
+    }
+    assert document["result"]["files"] == BATCH_OF_FOUR
+    assert "PROGRESS" in [r["state"] for r in recorded(page, "job-bar")]
+    link = page.locator("#batch-download")
+    expect(link).to_contain_text("rendered-4-files.zip")
+    with page.expect_download() as download:
+        link.click()
+    saved = tmp_path / "batch.zip"
+    download.value.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        assert archive.namelist() == BATCH_OF_FOUR
+        assert "<h2>Page 3</h2>" in archive.read("welcome-letter.html").decode()
+
+    # The same batch again: the rendered files come from the cache (the parts are the
+    # first run's), only the zip runs.
+    again = api_start(page, "batch", {"files": 4})
+    assert again["task_id"] != task_id
+    document = wait_for_state(page, again["task_id"], "SUCCESS", timeout=15)
+    assert document["result"]["files"] == BATCH_OF_FOUR
+    assert document["children"]["succeeded"] == 5
+    first, second = parts_of(page, task_id), parts_of(page, again["task_id"])
+    assert [p["task_id"] for p in second[:4]] == [p["task_id"] for p in first[:4]]
+    assert second[4]["task_id"] != first[4]["task_id"]
+
+
+def test_batch_card_says_chords_need_redis_in_the_no_servers_mode(new_page: NewPage) -> None:
+    page = new_page()
+    page.goto("/")
+    expect(page.locator("#start-batch")).to_be_disabled()
+    expect(page.locator("#batch-needs-redis")).to_contain_text("Redis result backend")
+    response = page.request.post(
+        "/api/start/batch", data={"files": 4}, headers={"X-Requested-With": "fetch"}
+    )
+    assert response.status == 400
+    assert "Redis result backend" in response.json()["error"]

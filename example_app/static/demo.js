@@ -60,10 +60,27 @@
     }
   }
 
+  function zipBlob(base64) {
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    return new Blob([bytes], { type: "application/zip" });
+  }
+
+  function showBatch(box, result) {
+    box.append(el("h3", "", result.files.length + " files, " + result.pages + " pages, zipped"));
+    const link = el("a", "download", "Download " + result.filename + " (" + result.bytes + " bytes)");
+    link.id = "batch-download";
+    link.href = URL.createObjectURL(zipBlob(result.zip_base64));
+    link.download = result.filename;
+    box.append(link);
+    const list = box.appendChild(el("ul", "batch-files"));
+    for (const name of result.files) list.append(el("li", "", name));
+  }
+
   function showResult(box, result) {
     box.textContent = "";
     if (Array.isArray(result)) showQuotients(box, result);
     else if (result && typeof result.csv === "string") showReport(box, result);
+    else if (result && typeof result.zip_base64 === "string") showBatch(box, result);
     else if (result && typeof result.checked === "number") showSteps(box, result);
     else box.append(el("pre", "", JSON.stringify(result, null, 2)));
   }
