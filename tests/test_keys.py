@@ -73,3 +73,18 @@ def test_default_converter_handles_bytes_and_refuses_what_json_cannot_carry():
         key_for(["x"], x={1, 2})
     with pytest.raises(TypeError, match="'x'.*string keys"):
         key_for(["x"], x={1: "a"})
+
+
+def test_a_keyword_call_binds_as_the_signature_would() -> None:
+
+    def plain(a, b=2, *, c=3):  # noqa: ANN001, ANN202
+        return a
+
+    signature = inspect.signature(plain)
+    fast = keys.bind_arguments("t", signature, (), {"a": 1, "c": 4})
+    assert fast == {"a": 1, "b": 2, "c": 4}
+    assert fast == keys.bind_arguments("t", signature, (1,), {"c": 4})  # the full binding
+    with pytest.raises(TypeError, match="t\\(a, b=2, \\*, c=3\\)"):
+        keys.bind_arguments("t", signature, (), {"a": 1, "d": 4})  # an unknown name
+    with pytest.raises(TypeError, match="missing a required argument: 'a'"):
+        keys.bind_arguments("t", signature, (), {"b": 1})
