@@ -217,13 +217,8 @@ def _write_progress(
     size, weighting, tracked = shape
     info = canvas_math.progress_info(sums, size, weighting)
     canvas_store.write_progress(state.celery.backend, canvas_id, sums, info)
-    if tracked and _first_start(sums):
+    if tracked and sums.get("version") == 1:  # the canvas's first report: it runs
         state.record_state(canvas_id, "running", progress=info["progress_percent"])
-
-
-def _first_start(sums: dict[str, Any]) -> bool:
-    counts = sums.get("counts") or {}
-    return sum(int(counts.get(name) or 0) for name in ("running", *canvas_math.FINISHED)) == 1
 
 
 # -- moving on -------------------------------------------------------------------------
