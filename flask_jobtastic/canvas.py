@@ -24,6 +24,7 @@ from .reading import viewer_document
 from .sending import is_outage, unsendable
 from .state import JobtasticState
 from .status import build_status
+from .task import JobtasticTask
 
 __all__ = ["CanvasError", "canvas_or_eager", "canvas_or_fail", "start_canvas"]
 
@@ -76,44 +77,46 @@ def start_canvas(
         joined = _claim_or_join(state, herd_key, canvas_id, plan)
         if joined is not None:
             return joined
-    record = {
-        "id": canvas_id,
-        "plan": plan.record(),
-        "ids": ids,
-        "owner": owner,
-        "tracked": bool(track_state),
-        "herd_key": herd_key,
-        "eager": False,
-    }
-    name = _name_of(plan)
-    job = {"owner": owner, "shared": False, "herd_key": herd_key, "name": name, "kind": plan.kind}
-    part_job = {
-        "owner": owner,
-        "shared": False,
-        "herd_key": None,
-        "name": name,
-        "canvas": canvas_id,
-    }
-    pending = {
-        "children": canvas_math.children_counts(canvas_math.fresh_sums(plan.size), plan.size)
-    }
+    record, job, part_job = _records(plan, canvas_id, ids, owner, herd_key, track_state)
     try:
         with single_attempt(backend):
-            canvas_store.write_start(backend, canvas_id, record, job, ids, part_job, done, pending)
+            canvas_store.write_start(backend, canvas_id, record, job, ids, part_job, done)
     except Exception as exc:
         logger.error("Result backend unavailable, canvas %s not started: %s", canvas_id, exc)
         _release(state, herd_key, canvas_id)
         return EagerResult(canvas_id, BrokerUnavailable(), states.FAILURE)
     if track_state:
-        state.record_sent(canvas_id, name, owner=owner, description=description)
+        state.record_sent(canvas_id, job["name"], owner=owner, description=description)
     _send_first(state, record, plan, done, on_broker_error)
     return AsyncResult(canvas_id, app=state.celery)
 
 
+def _records(
+    plan: Plan,
+    canvas_id: str,
+    ids: list[str],
+    owner: Any,
+    herd_key: str | None,
+    tracked: bool,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The canvas record, the canvas's job record and its parts' job record."""
+    record = {
+        "id": canvas_id,
+        "plan": plan.record(),
+        "ids": ids,
+        "owner": owner,
+        "tracked": bool(tracked),
+        "herd_key": herd_key,
+        "eager": False,
+    }
+    name = _name_of(plan)
+    job = {"owner": owner, "shared": False, "herd_key": herd_key, "name": name, "kind": plan.kind}
+    part_job = {"owner": owner, "shared": False, "herd_key": None, "name": name}
+    return record, job, {**part_job, "canvas": canvas_id}
+
+
 def _check_parts(state: JobtasticState, plan: Plan) -> None:
     """Every part a ``JobtasticTask`` of this app, called with arguments that fit it."""
-    from .task import JobtasticTask
-
     for index, part in enumerate(plan.all_parts()):
         task = state.celery.tasks.get(part.task)
         if not isinstance(task, JobtasticTask):

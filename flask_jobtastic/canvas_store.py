@@ -170,7 +170,6 @@ def write_start(
     part_ids: list[str],
     part_job: dict[str, Any],
     done: set[str],
-    pending_info: dict[str, Any],
 ) -> None:
     """Every record of a starting canvas, in one round trip, before any message.
 
@@ -195,7 +194,13 @@ def write_start(
             pipe.hset(parts_key, mapping=dict.fromkeys(done, "succeeded|1|0"))
             if ttl:
                 pipe.expire(parts_key, ttl)
-        meta = task_meta(canvas_id, "PENDING", {"queued_at": now, **pending_info})
+        if done:  # parts found in the cache: the canvas is under way
+            weighting = "stages" if record["plan"]["kind"] == "chain" else "units"
+            info = canvas_math.progress_info(sums, len(part_ids), weighting)
+            meta = task_meta(canvas_id, "PROGRESS", info)
+        else:
+            children = canvas_math.children_counts(sums, len(part_ids))
+            meta = task_meta(canvas_id, "PENDING", {"queued_at": now, "children": children})
         pipe.set(backend.get_key_for_task(canvas_id), backend.encode(meta), ex=ttl)
         pipe.set(side_key("job", canvas_id), dumps_record(job), ex=job_ttl)
         for part_id in part_ids:

@@ -211,6 +211,10 @@ def test_cached_parts_count_as_done_and_are_not_recomputed(app, client, token):
     assert runs(token) == 2
     parts = [CachedRowsPart.s(token=token, rows=2, part=i) for i in (1, 2, 3)]
     second = start(app, group(parts))
+    at_once = client.get(f"/jobtastic/status/{second.id}").get_json()
+    if not at_once["ready"]:  # two of three parts are done already
+        assert at_once["state"] == "PROGRESS" and at_once["progress_percent"] >= 66
+        assert at_once["children"]["succeeded"] >= 2
     _, document = poll(client, second.id, ended, timeout=30)
     assert document["state"] == "SUCCESS"
     assert document["result"] == [2, 2, 2]
