@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
+from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.exceptions import TaskRevokedError
 
@@ -103,19 +104,27 @@ def send_part(
 # -- reports -------------------------------------------------------------------------
 
 
-def report_started(state: JobtasticState, canvas_id: str, part_id: str) -> None:
-    _report(state, canvas_id, part_id, "running", 0.0, 0.0)
+def report_started(state: JobtasticState, canvas_id: str, part_id: str, alive_for: int) -> None:
+    _report(state, canvas_id, part_id, "running", 0.0, 0.0, alive_for=alive_for)
 
 
 def report_progress(
-    state: JobtasticState, canvas_id: str, part_id: str, meta: dict[str, Any]
+    state: JobtasticState, canvas_id: str, part_id: str, meta: dict[str, Any], alive_for: int
 ) -> None:
     """A part's progress write: the canvas's PROGRESS follows."""
     percent = meta.get("progress_percent")
     fraction = float(percent) / 100 if isinstance(percent, int | float) else 0.0
     total = meta.get("total")
     weight = float(total) if isinstance(total, int | float) and total > 0 else 0.0
-    _report(state, canvas_id, part_id, "running", fraction, weight)
+    _report(state, canvas_id, part_id, "running", fraction, weight, alive_for=alive_for)
+
+
+def renew(state: JobtasticState, canvas_id: str, alive_for: int) -> None:
+    """A running part's heartbeat beat: its canvas is alive as long as one part is."""
+    try:
+        canvas_store.renew_marker(state.celery.backend, canvas_id, alive_for)
+    except Exception:
+        logger.warning("Could not renew the marker of canvas %s", canvas_id, exc_info=True)
 
 
 def report_ended(
@@ -169,10 +178,13 @@ def _report(
     total: float,
     *,
     write: bool = True,
+    alive_for: int = 0,
 ) -> dict[str, Any] | None:
     backend = state.celery.backend
     try:
-        sums = canvas_store.report(backend, canvas_id, part_id, part_state, fraction, total)
+        sums = canvas_store.report(
+            backend, canvas_id, part_id, part_state, fraction, total, alive_for
+        )
         if sums is not None and write:
             _write_progress(state, canvas_id, sums)
         return sums
@@ -296,6 +308,19 @@ def _fail(
     finish(state, record, states.FAILURE, error=error)  # the counts once the rest stopped
 
 
+def settle_lost(state: JobtasticState, canvas_id: str) -> None:
+    """A reader stored a canvas as lost (no part renewed its marker): stop the rest and
+    count the parts that were running as failed."""
+    record = canvas_store.read_record(state.celery.backend, canvas_id)
+    if record is None:
+        return
+    try:
+        stop_parts(state, record, end_if_settled=False)
+        finish(state, record, states.FAILURE, error=WorkerLostError(), lost=True)
+    except Exception:
+        logger.warning("Could not stop the parts of lost canvas %s", canvas_id, exc_info=True)
+
+
 def stop_parts(
     state: JobtasticState,
     record: dict[str, Any],
@@ -348,8 +373,13 @@ def finish(
     result: Any = None,
     error: BaseException | None = None,
     failed_part: str | None = None,
+    lost: bool = False,
 ) -> bool:
-    """Write the canvas's final state, once; False when it already had one."""
+    """Write the canvas's final state, once; False when it already had one.
+
+    Its counts are written whatever: the parts stopped since are counted as
+    they stop. ``lost``: the parts still running died with their worker.
+    """
     backend = state.celery.backend
     canvas_id = record["id"]
     if final_state == states.SUCCESS:
@@ -364,7 +394,7 @@ def finish(
     plan = Plan.from_record(record["plan"])
     children = canvas_math.children_counts(sums, plan.size)
     if final_state != states.SUCCESS:  # what still waits or runs has been asked to stop
-        children = canvas_math.stopping(children)
+        children = canvas_math.stopping(children, lost=lost)
     detail = {"children": children, "ended_at": time.time()}
     if not canvas_store.write_final(backend, canvas_id, meta, detail):
         return False

@@ -80,12 +80,19 @@ def children_counts(sums: dict[str, Any], size: int) -> dict[str, int]:
     return {"total": size, **{name: int(counts.get(name) or 0) for name in PART_STATES}}
 
 
-def stopping(children: dict[str, int]) -> dict[str, int]:
+def stopping(children: dict[str, int], *, lost: bool = False) -> dict[str, int]:
     """The counts of a canvas that failed or was cancelled: the parts still waiting or
     running are counted as revoked, since they were asked to stop (the document
-    then stays what the person saw as the canvas ended)."""
-    stopped = children["pending"] + children["running"]
-    return {**children, "pending": 0, "running": 0, "revoked": children["revoked"] + stopped}
+    then stays what the person saw as the canvas ended). ``lost``: the running
+    parts died with their worker, and count as failed."""
+    running, pending = children["running"], children["pending"]
+    return {
+        **children,
+        "pending": 0,
+        "running": 0,
+        "failed": children["failed"] + (running if lost else 0),
+        "revoked": children["revoked"] + pending + (0 if lost else running),
+    }
 
 
 def has_started(sums: dict[str, Any]) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 from . import canvas_math
 from .guards import _STATUS_OF, CANCEL_FIELD, _script
 from .results import (
+    alive_marker,
     dumps_record,
     is_redis_backend,
     job_record_ttl,
@@ -31,9 +32,13 @@ from .results import (
     task_meta,
 )
 
-#: KEYS: sums, parts. ARGV: part id, its new state, fraction, total, now.
+#: KEYS: sums, parts, the canvas's run record, its meta. ARGV: part id, its new state,
+#: fraction, total, now, the alive marker and its ttl (a running part keeps the
+#: canvas's marker as its heartbeat keeps its own).
 #: Returns the new sums (or the unchanged ones when the part had already ended).
-_REPORT_SCRIPT = """
+_REPORT_SCRIPT = (
+    _STATUS_OF
+    + """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return false end
 local sums = cjson.decode(raw)
@@ -44,6 +49,9 @@ if old then
   ostate, ofrac, ototal = a, tonumber(b) or 0, tonumber(c) or 0
 end
 if ostate == 'succeeded' or ostate == 'failed' or ostate == 'revoked' then return raw end
+if ARGV[2] == 'running' and not final(redis.call('GET', KEYS[4])) then
+  redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[7])
+end
 local nstate, nfrac, ntotal = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 if ntotal == 0 then ntotal = ototal end
 if nstate == 'succeeded' or nstate == 'failed' then nfrac = 1 end
@@ -75,6 +83,7 @@ local ttl = redis.call('TTL', KEYS[1])
 if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
 return raw
 """
+)
 
 #: KEYS: meta, sums. ARGV: the version the meta was computed from, the meta, its ttl.
 #: The bar never goes back: a part that reports its total late can lower the
@@ -213,11 +222,33 @@ def write_start(
 
 
 def report(
-    backend: Any, canvas_id: str, part_id: str, state: str, fraction: float, total: float
+    backend: Any,
+    canvas_id: str,
+    part_id: str,
+    state: str,
+    fraction: float,
+    total: float,
+    alive_for: int = 0,
 ) -> dict[str, Any] | None:
-    """Record one part's state and progress; the canvas's sums after it (None: no canvas)."""
-    keys = [side_key("sums", canvas_id), side_key("parts", canvas_id)]
-    args = [part_id, state, repr(float(fraction)), repr(float(max(total, 0))), repr(time.time())]
+    """Record one part's state and progress; the canvas's sums after it (None: no canvas).
+
+    A running part's report (``alive_for`` seconds) renews the canvas's alive marker.
+    """
+    keys = [
+        side_key("sums", canvas_id),
+        side_key("parts", canvas_id),
+        side_key("run", canvas_id),
+        backend.get_key_for_task(canvas_id),
+    ]
+    args = [
+        part_id,
+        state,
+        repr(float(fraction)),
+        repr(float(max(total, 0))),
+        repr(time.time()),
+        alive_marker(),
+        max(int(alive_for), 1),
+    ]
     raw = _script(backend, _REPORT_SCRIPT)(keys=keys, args=args)
     if not raw:
         return None
@@ -255,6 +286,24 @@ def read_record(backend: Any, canvas_id: str) -> dict[str, Any] | None:
         return None
     record: dict[str, Any] = json.loads(raw)
     return record
+
+
+#: KEYS: the canvas's run record, its meta. ARGV: the alive marker, its ttl.
+_RENEW_SCRIPT = (
+    _STATUS_OF
+    + """
+if final(redis.call('GET', KEYS[2])) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+)
+
+
+def renew_marker(backend: Any, canvas_id: str, alive_for: int) -> None:
+    """A running part's heartbeat keeps its canvas's alive marker too (not once it ended:
+    the run record then holds the counts it ended with)."""
+    keys = [side_key("run", canvas_id), backend.get_key_for_task(canvas_id)]
+    _script(backend, _RENEW_SCRIPT)(keys=keys, args=[alive_marker(), max(int(alive_for), 1)])
 
 
 def rewrite_record(backend: Any, canvas_id: str, record: dict[str, Any]) -> None:

@@ -70,4 +70,6 @@ def settle_lost_job(state: Any, task_id: str, view: results.JobView) -> bool:
     canvas_id = (view.job or {}).get("canvas")
     if isinstance(canvas_id, str):  # a part of a canvas: the canvas fails with it
         canvas_flow.report_ended(state, canvas_id, task_id, "failed", error=WorkerLostError())
+    elif view.is_canvas:  # a canvas whose running parts' workers all died
+        canvas_flow.settle_lost(state, task_id)
     return True

@@ -206,8 +206,10 @@ class JobView:
     def is_alive(self) -> bool | None:
         """Whether the worker's heartbeat marker exists (or the job just ended and
         Celery is storing its result); None where it cannot be known."""
-        if not self.has_side_records or self.is_canvas:
-            return None  # a canvas's parts have heartbeats; the canvas has none
+        if not self.has_side_records:
+            return None
+        if self.is_canvas and not _parts_running(self.meta):
+            return None  # parts waiting for a worker, or between stages: nothing to judge
         run = self.run
         if run is None:
             return False
@@ -218,6 +220,15 @@ class JobView:
             # the details are written just before Celery stores the result
             return time.time() - ended_at < alive_for
         return False
+
+
+def _parts_running(meta: dict[str, Any]) -> bool:
+    """Whether a canvas's PROGRESS meta counts parts running: their heartbeats keep
+    the canvas's alive marker, so a canvas without one has lost its workers."""
+    info = meta.get("result")
+    children = info.get("children") if isinstance(info, dict) else None
+    running = children.get("running") if isinstance(children, dict) else None
+    return isinstance(running, int) and running > 0
 
 
 def read_job(backend: Any, task_id: str) -> JobView:

@@ -179,7 +179,8 @@ def _begin(task: JobtasticTask, state: JobtasticState | None, context: RunContex
         write_progress(task, context, context.start_meta)
         return
     if context.canvas_id:
-        canvas_flow.report_started(state, context.canvas_id, task_id)
+        timeout = alive_for(task.herd_avoidance_timeout)
+        canvas_flow.report_started(state, context.canvas_id, task_id, timeout)
     at_once = state.started_delay <= 0 or context.details_used or context.tracked
     if not at_once and _sent_long_ago(task):
         # a cancel this worker's broadcast missed; a job shown at once learns
@@ -292,6 +293,8 @@ def start_heartbeat(
                 context.verdict = verdict  # the job stops at its next write, or as it ends
             if herd_key and context.verdict != guards.FINAL:
                 herd.refresh_herd_key(cache, herd_key, task_id, timeout)
+            if context.canvas_id:
+                canvas_flow.renew(state, context.canvas_id, timeout)
 
     heartbeat.add(task_id, timeout, renew, first_in=started_in)
 
@@ -338,7 +341,8 @@ def write_progress(task: JobtasticTask, context: RunContext, meta: dict[str, Any
         if state is not None and context.tracked:
             state.record_progress(task_id, meta["progress_percent"])
         if state is not None and context.canvas_id:
-            canvas_flow.report_progress(state, context.canvas_id, task_id, meta)
+            timeout = alive_for(task.herd_avoidance_timeout)
+            canvas_flow.report_progress(state, context.canvas_id, task_id, meta, timeout)
 
 
 def _store_progress(
