@@ -93,7 +93,7 @@
       jobTitle: "{name} · {state}", dismiss: "Dismiss",
       jobQueued: "Queued", jobRunning: "Running", jobSucceeded: "Done", jobFailed: "Failed",
       jobRevoked: "Cancelled", jobRetrying: "Retrying", jobCancelling: "Cancelling…",
-      // a canvas (group, chord, chain) beside its bar: done = succeeded + failed + revoked
+      // a canvas beside its bar: done = succeeded + failed (a cancelled part was not done)
       partsDone: "{done} of {total} parts done", partsFailed: "{failed} failed",
     },
   };
@@ -203,7 +203,7 @@
   function partsText(children, m) {
     const c = partCounts(children);
     if (!c) return null;
-    const vars = Object.assign({ done: c.succeeded + c.failed + c.revoked }, c);
+    const vars = Object.assign({ done: c.succeeded + c.failed }, c);
     return { done: fmt(m.partsDone, vars), failed: c.failed > 0 ? fmt(m.partsFailed, vars) : "" };
   }
 

@@ -13,11 +13,11 @@ const m = J.settings.messages;
 const children = (extra) => Object.assign(
   { total: 500, pending: 3, running: 2, succeeded: 37, failed: 0, revoked: 0 }, extra);
 
-test("the parts text: done counts succeeded, failed and revoked parts, of the total", () => {
+test("the parts text: done counts succeeded and failed parts, not cancelled ones, of the total", () => {
   assert.deepEqual(J.partsText(children(), m), { done: "37 of 500 parts done", failed: "" });
   assert.deepEqual(J.partsText(children({ failed: 1 }), m),
     { done: "38 of 500 parts done", failed: "1 failed" });
-  assert.equal(J.partsText(children({ revoked: 4 }), m).done, "41 of 500 parts done");
+  assert.equal(J.partsText(children({ revoked: 4 }), m).done, "37 of 500 parts done");
   const finished = { total: 3, pending: 0, running: 0, succeeded: 3, failed: 0, revoked: 0 };
   assert.deepEqual(J.partsText(finished, m), { done: "3 of 3 parts done", failed: "" });
   assert.equal(J.partsText({ total: 4 }, m).done, "0 of 4 parts done"); // counts default to 0
@@ -51,7 +51,7 @@ test("the parts text comes from messages; every count is a placeholder", () => {
     partsFailed: "{failed} fehlgeschlagen, {revoked} abgebrochen",
   });
   assert.deepEqual(J.partsText(children({ failed: 1, revoked: 2 }), de), {
-    done: "40/500 Teile fertig (2 laufen, 3 warten)",
+    done: "38/500 Teile fertig (2 laufen, 3 warten)",
     failed: "1 fehlgeschlagen, 2 abgebrochen",
   });
   assert.equal(J.partsText(children(), Object.assign({}, m, { partsDone: "{nope}" })).done, "{nope}");
