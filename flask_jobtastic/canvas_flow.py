@@ -104,8 +104,10 @@ def send_part(
 # -- reports -------------------------------------------------------------------------
 
 
-def report_started(state: JobtasticState, canvas_id: str, part_id: str, alive_for: int) -> None:
-    _report(state, canvas_id, part_id, "running", 0.0, 0.0, alive_for=alive_for)
+def report_started(state: JobtasticState, canvas_id: str, part_id: str, alive_for: int) -> bool:
+    """A part starts; True when its canvas was cancelled (or failed) meanwhile."""
+    sums = _report(state, canvas_id, part_id, "running", 0.0, 0.0, alive_for=alive_for)
+    return bool(sums and sums.get("cancelled"))
 
 
 def report_progress(

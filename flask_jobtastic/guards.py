@@ -32,6 +32,9 @@ from .results import (
 
 #: What a job's write (or check) found: go on, stop because the job was
 #: cancelled, or stop because its state is already final (declared lost).
+#: A job found REVOKED was cancelled too: Celery's revoke broadcast reaches
+#: every worker, and one that does not hold the job stores REVOKED for it
+#: while it still reads PENDING; the job then cleans up as for any cancel.
 GO_ON, CANCELLED, FINAL = "ok", "cancel", "final"
 
 #: The job-record field that tells the running job to stop.
@@ -43,6 +46,9 @@ local function final(raw)
   local st = string.match(raw, '"status":%s*"(%u+)"')
   return st == 'SUCCESS' or st == 'FAILURE' or st == 'REVOKED'
 end
+local function revoked(raw)
+  return string.match(raw, '"status":%s*"(%u+)"') == 'REVOKED'
+end
 local function cancelled(raw)
   return raw and string.find(raw, '"cancel_requested_at":', 1, true) ~= nil
 end
@@ -53,7 +59,11 @@ end
 _PROGRESS_SCRIPT = (
     _STATUS_OF
     + """
-if ARGV[4] ~= '1' and final(redis.call('GET', KEYS[1])) then return 'final' end
+local meta = redis.call('GET', KEYS[1])
+if ARGV[4] ~= '1' and final(meta) then
+  if revoked(meta) then return 'cancel' end
+  return 'final'
+end
 if cancelled(redis.call('GET', KEYS[2])) then return 'cancel' end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
 for i = 5, #ARGV do
@@ -72,7 +82,11 @@ return 'ok'
 _CHECK_SCRIPT = (
     _STATUS_OF
     + """
-if final(redis.call('GET', KEYS[1])) then return 'final' end
+local meta = redis.call('GET', KEYS[1])
+if final(meta) then
+  if revoked(meta) then return 'cancel' end
+  return 'final'
+end
 if ARGV[1] ~= '' then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
 if cancelled(redis.call('GET', KEYS[2])) then return 'cancel' end
 return 'ok'
@@ -163,7 +177,7 @@ def check_run(
         return _verdict(_script(backend, _CHECK_SCRIPT)(keys=keys, args=args))
     view = read_job(backend, task_id)
     if not force and _is_final(view.meta if "task_id" in view.meta else None):
-        return FINAL
+        return CANCELLED if view.meta.get("status") == celery_states.REVOKED else FINAL
     if alive_for is not None:
         write_side(backend, "run", task_id, alive_marker(), alive_for)
     return CANCELLED if _job_asks_cancel(view.job) else GO_ON

@@ -180,7 +180,8 @@ def _begin(task: JobtasticTask, state: JobtasticState | None, context: RunContex
         return
     if context.canvas_id:
         timeout = alive_for(task.herd_avoidance_timeout)
-        canvas_flow.report_started(state, context.canvas_id, task_id, timeout)
+        if canvas_flow.report_started(state, context.canvas_id, task_id, timeout):
+            check_stop(task, context)  # a queued part the cancel's broadcast has not reached
     at_once = state.started_delay <= 0 or context.details_used or context.tracked
     if not at_once and _sent_long_ago(task):
         # a cancel this worker's broadcast missed; a job shown at once learns

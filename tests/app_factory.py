@@ -34,6 +34,8 @@ def create_app(servers: Mapping[str, str] | None = None, **config: Any) -> Flask
         },
         JOBTASTIC_PROGRESS_INTERVAL=float(os.environ.get("JOBTASTIC_TEST_INTERVAL", "0.1")),
     )
+    if "JOBTASTIC_TEST_STARTED_DELAY" in env:  # a worker of a test's own may set it
+        app.config["JOBTASTIC_STARTED_DELAY"] = float(env["JOBTASTIC_TEST_STARTED_DELAY"])
     owner_header = config.pop("owner_header", None)
     app.config.update(config)
     extension = Jobtastic(app)

@@ -376,9 +376,12 @@ class RigFactory:
         concurrency: int = 2,
         fresh: bool = False,
         servers: Servers | None = None,
+        worker_env: dict[str, str] | None = None,
         **app_config: Any,
     ) -> Rig:
-        """A rig of that pool and broker; ``app_config`` goes to its app."""
+        """A rig of that pool and broker; ``app_config`` goes to its app,
+        ``worker_env`` to the environment of a worker of its own."""
+        fresh = fresh or worker_env is not None
         if servers is not None:
             broker = servers.broker_name
             fresh = True  # servers of a test's own: a worker of its own too
@@ -386,7 +389,8 @@ class RigFactory:
             servers = servers or self.pool.shared_servers(broker)
             queue = f"jobtastic-{pool}-{broker}-{uuid.uuid4().hex[:8]}"
             log = self.log_dir / f"worker-{pool}-{broker}-{len(self.own_workers)}.log"
-            worker = WorkerProcess(log, concurrency, pool, env=servers.env(queue))
+            env = {**servers.env(queue), **(worker_env or {})}
+            worker = WorkerProcess(log, concurrency, pool, env=env)
             self.own_workers.append(worker)
             worker.start()
         else:

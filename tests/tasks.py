@@ -290,15 +290,19 @@ def cleaned_up(token: str) -> bool:
 class CancellableTask(JobtasticTask):
     """Reports progress every ``pause`` seconds and counts its iterations
     (``ticks:<token>``), so a test sees whether it really stopped; cleans up
-    on cancel (``cleaned:<token>``). Results cached for a minute."""
+    on cancel (``cleaned:<token>``). ``quiet_for``: seconds before its first
+    report. Results cached for a minute."""
 
     significant_kwargs = ["token"]
     herd_avoidance_timeout = 30
     cache_duration = 60
 
-    def calculate_result(self, token: str, steps: int = 100, pause: float = 0.1) -> str:
+    def calculate_result(
+        self, token: str, steps: int = 100, pause: float = 0.1, quiet_for: float = 0.0
+    ) -> str:
         count_run(token)
         client = _redis()
+        time.sleep(quiet_for)  # works that long before its first progress report
         for i in range(steps):
             time.sleep(pause)
             client.incr(f"ticks:{token}")

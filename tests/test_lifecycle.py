@@ -257,3 +257,34 @@ def test_a_pool_process_killed_mid_job_reads_as_a_lost_worker_everywhere(make_ri
     with rig.app.test_request_context(headers=ALICE):
         again = ShortHerdTask.delay_or_fail(token=token, seconds=0.1)
     assert again.id != doomed.id  # the claim went with the lost run
+
+
+# -- a cancel every worker hears ------------------------------------------------
+
+
+def test_a_job_another_worker_marked_revoked_still_cleans_up_and_stops(make_rig, token):
+    """Celery's revoke broadcast reaches every worker on the broker; one that does
+    not hold the job stores REVOKED for it while it reads PENDING (a job that has
+    not reported yet). The job must take that as the cancel it is: its
+    ``on_cancel`` runs and it stops, as when the cancel reaches it first."""
+    # the job's own worker writes nothing before the job reports (no PROGRESS 0)
+    rig = make_rig("prefork", "redis", worker_env={"JOBTASTIC_TEST_STARTED_DELAY": "30"})
+    make_rig("solo", "redis")  # a second worker on the same broker, as in production
+    client = rig.app.test_client()
+    result = CancellableTask.delay_or_fail(token=token, steps=40, pause=0.1, quiet_for=1.5)
+    deadline = time.monotonic() + 15
+    while tasks.runs(token) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert tasks.runs(token) == 1
+    assert client.get(f"/jobtastic/status/{result.id}").get_json()["state"] == "PENDING"
+    response = client.post(f"/jobtastic/cancel/{result.id}", headers={"X-Requested-With": "x"})
+    assert response.status_code == 200
+    wait_for(client, result.id, lambda d: d["state"] == "REVOKED", headers={})
+    deadline = time.monotonic() + 10
+    while not tasks.cleaned_up(token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tasks.cleaned_up(token), rig.worker.log_tail()
+    stopped_at = tasks.ticks(token)
+    time.sleep(0.5)
+    assert tasks.ticks(token) == stopped_at <= 1  # it stopped at its first write
+    assert client.get(f"/jobtastic/status/{result.id}").get_json()["state"] == "REVOKED"
