@@ -31,7 +31,7 @@ from celery import states as celery_states
 from celery._state import task_join_will_block  # type: ignore[attr-defined]
 from celery.backends.redis import RedisBackend, ResultConsumer  # type: ignore[attr-defined]
 
-from . import results
+from . import results, side_records
 
 logger = logging.getLogger("flask_jobtastic")
 
@@ -196,7 +196,7 @@ class JobtasticRedisBackend(RedisBackend):
             pipe.publish(key, value)
             job_ttl = results.job_record_ttl(self)
             if raw_key.startswith(raw_prefix) and job_ttl:
-                pipe.expire(results.side_key("job", raw_key[len(raw_prefix) :]), job_ttl)
+                pipe.expire(side_records.side_key("job", raw_key[len(raw_prefix) :]), job_ttl)
             pipe.execute()
 
     @contextlib.contextmanager

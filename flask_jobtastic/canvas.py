@@ -16,8 +16,9 @@ from typing import Any, Literal
 from celery.result import AsyncResult, EagerResult
 from flask import current_app
 
-from . import canvas_flow, canvas_math, canvas_store, herd, keys, results, states
+from . import canvas_flow, canvas_math, canvas_store, herd, keys, results, side_records, states
 from .backend import single_attempt
+from .canvas_ending import finish, results_of, stop_parts
 from .canvas_plan import CanvasError, Plan, plan_of
 from .errors import BrokerUnavailable
 from .reading import viewer_document
@@ -135,7 +136,7 @@ def _check_sendable(plan: Plan) -> None:
     """Arguments JSON cannot carry are refused before anything is claimed or written."""
     for part in plan.all_parts():
         try:
-            results.dumps_record(part.record())
+            side_records.dumps_record(part.record())
         except (TypeError, ValueError):
             raise TypeError(
                 f"{part.task} in this canvas has {unsendable(part.args, part.kwargs)} that "
@@ -253,18 +254,18 @@ def _on_outage(
             if part_states[index] not in canvas_math.FINISHED:
                 canvas_flow.send_part(state, record, index)
         return
-    canvas_flow.finish(state, record, states.FAILURE, error=BrokerUnavailable())
-    canvas_flow.stop_parts(state, record, end_if_settled=False, broker_down=True)
-    canvas_flow.finish(state, record, states.FAILURE, error=BrokerUnavailable())  # the counts
+    finish(state, record, states.FAILURE, error=BrokerUnavailable())
+    stop_parts(state, record, end_if_settled=False, broker_down=True)
+    finish(state, record, states.FAILURE, error=BrokerUnavailable())  # the counts
 
 
 def _all_cached(state: JobtasticState, record: dict[str, Any], plan: Plan) -> None:
     """Nothing to send: a group is done; a chord sends its body with the cached results."""
     ids: list[str] = record["ids"]
     if plan.kind == "group":
-        canvas_flow.finish(state, record, states.SUCCESS, result=canvas_flow.results_of(state, ids))
+        finish(state, record, states.SUCCESS, result=results_of(state, ids))
     else:
-        header = canvas_flow.results_of(state, ids[: len(plan.parts)])
+        header = results_of(state, ids[: len(plan.parts)])
         canvas_flow.send_next(state, record, len(ids) - 1, (header,))
 
 
@@ -276,7 +277,7 @@ def cancel(state: JobtasticState, canvas_id: str) -> bool:
     record = canvas_store.read_record(state.celery.backend, canvas_id)
     if record is None:
         return False
-    canvas_flow.stop_parts(state, record)
+    stop_parts(state, record)
     return True
 
 

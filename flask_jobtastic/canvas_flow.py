@@ -6,7 +6,7 @@ dropped as revoked, a pool process killed) and, for a canvas run in-process
 as the broker fallback, in the web process. Each report updates the
 canvas's sums atomically (``canvas_store.report``); whoever's report
 completes a stage sends the next one, and whoever's report ends the canvas
-writes its final state, once.
+writes its final state, once (``canvas_ending``).
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
-from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.exceptions import TaskRevokedError
 
-from . import canvas_math, canvas_store, herd, keys, results, states
+from . import canvas_math, canvas_store, keys, results, states
 from .backend import single_attempt
+from .canvas_ending import count_revoked, failure_of, finish, results_of, stop_parts
 from .canvas_plan import Part, Plan
 from .errors import BrokerUnavailable
-from .status import error_id_for
 
 if TYPE_CHECKING:
     from .state import JobtasticState
@@ -257,7 +256,7 @@ def _advance(
         _fail(state, record, part_id, None)  # one part cancelled on its own
     elif failing or sums.get("cancelled"):
         if canvas_math.is_settled(sums):  # the last part to stop: the final counts
-            ended = _failure_of(state, first_failure) if failing else None
+            ended = failure_of(state, first_failure) if failing else None
             finish(state, record, states.FAILURE if failing else states.REVOKED, error=ended)
     elif plan.kind == "group":
         if canvas_math.is_settled(sums):
@@ -275,14 +274,6 @@ def _advance(
         finish(state, record, states.SUCCESS, result=result)
 
 
-def _failure_of(state: JobtasticState, part_id: Any) -> BaseException | None:
-    """The exception a failed part stored, for a canvas's FAILURE."""
-    if not isinstance(part_id, str):
-        return None
-    info = results.read_job(state.celery.backend, part_id).meta.get("result")
-    return info if isinstance(info, BaseException) else None
-
-
 def send_next(
     state: JobtasticState, record: dict[str, Any], index: int, previous: tuple[Any, ...]
 ) -> None:
@@ -291,7 +282,7 @@ def send_next(
     except Exception as exc:
         logger.error("Canvas %s could not send its part %d: %s", record["id"], index, exc)
         for part_id in record["ids"][index:]:
-            _report(state, record["id"], part_id, "revoked", 0.0, 0.0, write=False)
+            count_revoked(state, record["id"], part_id)
         finish(state, record, states.FAILURE, error=BrokerUnavailable())
         return
     sums = canvas_store.read_sums(state.celery.backend, record["id"])
@@ -308,114 +299,6 @@ def _fail(
     finish(state, record, states.FAILURE, error=error, failed_part=part_id)
     stop_parts(state, record, end_if_settled=False)
     finish(state, record, states.FAILURE, error=error)  # the counts once the rest stopped
-
-
-def settle_lost(state: JobtasticState, canvas_id: str) -> None:
-    """A reader stored a canvas as lost (no part renewed its marker): stop the rest and
-    count the parts that were running as failed."""
-    record = canvas_store.read_record(state.celery.backend, canvas_id)
-    if record is None:
-        return
-    try:
-        stop_parts(state, record, end_if_settled=False)
-        finish(state, record, states.FAILURE, error=WorkerLostError(), lost=True)
-    except Exception:
-        logger.warning("Could not stop the parts of lost canvas %s", canvas_id, exc_info=True)
-
-
-def stop_parts(
-    state: JobtasticState,
-    record: dict[str, Any],
-    *,
-    end_if_settled: bool = True,
-    broker_down: bool = False,
-) -> None:
-    """Ask every part not finished to stop; parts never sent count as revoked at once.
-
-    With nothing left running, the canvas reads REVOKED (unless ``end_if_settled``
-    is False: it is about to fail). ``broker_down``: no broadcast, every part
-    not finished counts as revoked at once.
-    """
-    backend = state.celery.backend
-    canvas_id = record["id"]
-    ids: list[str] = record["ids"]
-    plan = Plan.from_record(record["plan"])
-    part_states = canvas_store.read_part_states(backend, canvas_id, ids)
-    sent = canvas_math.sent_flags(plan.kind, len(plan.parts), part_states)
-    waiting = [i for i, s in enumerate(part_states) if s not in canvas_math.FINISHED]
-    canvas_store.mark_cancelled(backend, canvas_id, [ids[i] for i in waiting])
-    for i in waiting:
-        if not sent[i] or broker_down:  # a part sent before the outage stops as it starts
-            _report(state, canvas_id, ids[i], "revoked", 0.0, 0.0, write=False)
-    queued = [] if broker_down else [ids[i] for i in waiting if sent[i]]
-    if queued:
-        try:  # a worker that holds one of these messages drops it
-            state.celery.control.revoke(queued)
-        except Exception:
-            logger.warning("Could not broadcast the cancel of canvas %s", canvas_id, exc_info=True)
-    sums = canvas_store.read_sums(backend, canvas_id)
-    if end_if_settled and sums is not None and canvas_math.is_settled(sums):
-        finish(state, record, states.REVOKED)
-
-
-def results_of(state: JobtasticState, ids: list[str]) -> list[Any]:
-    """The parts' results in order, read in one round trip; None for a part that has none."""
-    views = results.read_jobs(state.celery.backend, ids)
-    return [
-        views[pid].meta.get("result") if views[pid].meta.get("status") == states.SUCCESS else None
-        for pid in ids
-    ]
-
-
-def finish(
-    state: JobtasticState,
-    record: dict[str, Any],
-    final_state: str,
-    *,
-    result: Any = None,
-    error: BaseException | None = None,
-    failed_part: str | None = None,
-    lost: bool = False,
-) -> bool:
-    """Write the canvas's final state, once; False when it already had one.
-
-    Its counts are written whatever: the parts stopped since are counted as
-    they stop. ``lost``: the parts still running died with their worker.
-    """
-    backend = state.celery.backend
-    canvas_id = record["id"]
-    if final_state == states.SUCCESS:
-        info: Any = result
-    else:
-        if error is None:
-            error = TaskRevokedError("cancelled")
-        info = backend.prepare_exception(cast(Exception, error))
-    meta = results.task_meta(canvas_id, final_state, info)
-    meta["date_done"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    sums = canvas_store.read_sums(backend, canvas_id) or {}
-    plan = Plan.from_record(record["plan"])
-    children = canvas_math.children_counts(sums, plan.size)
-    if final_state != states.SUCCESS:  # what still waits or runs has been asked to stop
-        children = canvas_math.stopping(children, lost=lost)
-    detail = {"children": children, "ended_at": time.time()}
-    if not canvas_store.write_final(backend, canvas_id, meta, detail):
-        return False
-    if failed_part is not None:
-        logger.error(
-            "Canvas %s failed, error id %s: its part %s failed (error id %s): %s: %s",
-            canvas_id,
-            error_id_for(canvas_id),
-            failed_part,
-            error_id_for(failed_part),
-            type(error).__name__,
-            error,
-        )
-    if record.get("herd_key"):
-        herd.release_herd_key(state.cache_backend, record["herd_key"], canvas_id)
-    if record.get("tracked"):
-        job_state = {"SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "revoked"}
-        state.record_state(canvas_id, job_state[final_state])
-    return True
 
 
 def new_ids(plan: Plan) -> list[str]:

@@ -23,13 +23,15 @@ from typing import Any
 from . import canvas_math
 from .guards import _STATUS_OF, CANCEL_FIELD, _script
 from .results import (
-    alive_marker,
-    dumps_record,
     is_redis_backend,
     job_record_ttl,
     meta_ttl,
-    side_key,
     task_meta,
+)
+from .side_records import (
+    alive_marker,
+    dumps_record,
+    side_key,
 )
 
 #: KEYS: sums, parts, the canvas's run record, its meta. ARGV: part id, its new state,

@@ -19,7 +19,8 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 from . import jsonsafe
-from .hub import Delivery, Hub, Inbox, hub_for
+from .hub import Hub, hub_for
+from .inbox import Delivery, Inbox
 from .reading import viewer_document
 from .results import JobView
 from .status import build_status

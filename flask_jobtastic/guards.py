@@ -17,16 +17,18 @@ from celery import states as celery_states
 from celery.backends.base import BaseKeyValueStoreBackend as KeyValueStoreBackend
 
 from .results import (
-    alive_marker,
-    dumps_record,
     is_redis_backend,
     job_record_ttl,
-    loads_record,
     meta_ttl,
     read_job,
-    side_key,
     task_meta,
     write_progress,
+)
+from .side_records import (
+    alive_marker,
+    dumps_record,
+    loads_record,
+    side_key,
     write_side,
 )
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import results
+from .inbox import Inbox
 from .results import JobView
 
 logger = logging.getLogger("flask_jobtastic")
@@ -44,58 +45,6 @@ IDLE_EXIT = 5.0
 
 #: A function that lists what an owner stream shows (the registry's records).
 Lister = Callable[[], list[Any]]
-
-
-class Inbox:
-    """What the hub has for one stream: the newest records per job, and notices.
-
-    Putting never blocks and never grows past one entry per watched job, so a
-    slow or silent client costs the hub nothing.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self._views: dict[str, JobView | None] = {}
-        self._notices: list[str] = []
-        self._owner_records: list[Any] | None = None
-
-    def put_view(self, task_id: str, view: JobView | None) -> None:
-        """``None``: the job could not be read (the result backend failed)."""
-        with self._lock:
-            self._views[task_id] = view
-        self._ready.set()
-
-    def put_notice(self, notice: str) -> None:
-        """``"reconnecting"`` (Redis went away) or ``"resumed"`` (back, re-read)."""
-        with self._lock:
-            if not self._notices or self._notices[-1] != notice:
-                self._notices.append(notice)
-        self._ready.set()
-
-    def put_owner_records(self, records: list[Any]) -> None:
-        with self._lock:
-            self._owner_records = records
-        self._ready.set()
-
-    def take(self, timeout: float) -> Delivery | None:
-        """Wait up to ``timeout`` for anything; None when nothing came."""
-        if not self._ready.wait(timeout):
-            return None
-        with self._lock:
-            self._ready.clear()
-            delivery = Delivery(self._views, self._notices, self._owner_records)
-            self._views, self._notices, self._owner_records = {}, [], None
-        return delivery
-
-
-@dataclass
-class Delivery:
-    """Everything an inbox held at one ``take``."""
-
-    views: dict[str, JobView | None]
-    notices: list[str]
-    owner_records: list[Any] | None
 
 
 @dataclass(eq=False)

@@ -13,7 +13,7 @@ from typing import Any
 
 from billiard.exceptions import WorkerLostError
 
-from . import canvas_flow, guards, herd, results, states
+from . import canvas_ending, canvas_flow, guards, herd, results, states
 from .status import WORKER_LOST, document_for, for_viewer
 
 logger = logging.getLogger("flask_jobtastic")
@@ -71,5 +71,5 @@ def settle_lost_job(state: Any, task_id: str, view: results.JobView) -> bool:
     if isinstance(canvas_id, str):  # a part of a canvas: the canvas fails with it
         canvas_flow.report_ended(state, canvas_id, task_id, "failed", error=WorkerLostError())
     elif view.is_canvas:  # a canvas whose running parts' workers all died
-        canvas_flow.settle_lost(state, task_id)
+        canvas_ending.settle_lost(state, task_id)
     return True

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .counts import ItemCounter
 from .errors import JobStopped
-from .running import RunContext, RunSlot, ensure_details, write_progress
+from .running import RunContext, RunSlot, ensure_details
 from .status import error_id_for
 from .steps import StepRecorder
+from .writes import write_progress
 
 if TYPE_CHECKING:
     from .task import JobtasticTask

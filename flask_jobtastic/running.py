@@ -1,9 +1,9 @@
-"""Running one job on the worker: its context, its heartbeat, its writes.
+"""Running one job on the worker: its context, the run, its heartbeat.
 
 ``execute`` is what ``JobtasticTask.run`` does: open a :class:`RunContext`,
 show the job started, call ``calculate_result`` with the memory and result
 checks, write the closing progress and keep the details. Every progress
-write goes through :func:`write_progress`, which is also where a running
+write goes through ``writes.write_progress``, which is also where a running
 job learns that it was cancelled or declared lost (see ``lifecycle.stop``).
 """
 
@@ -21,13 +21,14 @@ import psutil
 from celery.exceptions import Ignore
 from celery.worker import state as worker_state
 
-from . import canvas_flow, guards, herd, keys, lifecycle, results, states
+from . import canvas_flow, guards, herd, keys, side_records, states
 from .counts import ItemCounter
 from .errors import JobStopped, ResultNotSerializable
 from .heartbeat import alive_for, heartbeat
 from .jsonsafe import HINT, NotJSONError, to_json
 from .progress import ProgressMeter
 from .steps import StepRecorder
+from .writes import check_stop, write_progress
 
 if TYPE_CHECKING:
     from .state import JobtasticState
@@ -300,92 +301,6 @@ def start_heartbeat(
     heartbeat.add(task_id, timeout, renew, first_in=started_in)
 
 
-# -- writes and stop checks --------------------------------------------------------
-
-
-def write_progress(task: JobtasticTask, context: RunContext, meta: dict[str, Any]) -> None:
-    """Write PROGRESS meta; a result-backend blip must not kill the job.
-
-    The job's first write also sets its alive marker, and is preceded by
-    PROGRESS 0 if the job had not shown it yet. Also the job's moment to
-    notice a cancel: a revoked job stops at its next progress write.
-    """
-    task_id = context.task_id
-    if not task_id:
-        return
-    if task_id in worker_state.revoked:  # threads and solo pools see the broadcast
-        lifecycle.stop(task, context, guards.CANCELLED)
-    if context.verdict != guards.GO_ON:  # the heartbeat learned it first
-        lifecycle.stop(task, context, context.verdict)
-    if context.details_used:
-        meta = {**meta, **context.details()}
-    if context.started:
-        verdict = _store_progress(task, task_id, (meta,), None)
-    else:
-        with context.lock:  # the heartbeat may be writing PROGRESS 0 right now
-            if context.started or meta.get("progress_percent") == 0:
-                metas: tuple[dict[str, Any], ...] = (meta,)
-            else:
-                metas = (context.start_meta, meta)
-            verdict = _store_progress(
-                task,
-                task_id,
-                metas,
-                None if context.started else alive_for(task.herd_avoidance_timeout),
-                force=context.redelivered and not context.started,
-            )
-            context.started = True
-    if verdict != guards.GO_ON:
-        lifecycle.stop(task, context, verdict)
-    if context.tracked or context.canvas_id:
-        state = task._state_or_none()
-        if state is not None and context.tracked:
-            state.record_progress(task_id, meta["progress_percent"])
-        if state is not None and context.canvas_id:
-            timeout = alive_for(task.herd_avoidance_timeout)
-            canvas_flow.report_progress(state, context.canvas_id, task_id, meta, timeout)
-
-
-def _store_progress(
-    task: JobtasticTask,
-    task_id: str,
-    metas: tuple[dict[str, Any], ...],
-    alive_for: int | None,
-    *,
-    force: bool = False,
-) -> str:
-    """Write PROGRESS unless the job was cancelled or its state is final.
-
-    Returns what the write found (``guards.GO_ON``, ``CANCELLED``, ``FINAL``);
-    a backend that does not answer is logged and means go on.
-    """
-    try:
-        verdict = guards.guarded_progress(
-            task.backend, task_id, *metas, alive_for=alive_for, force=force
-        )
-        if verdict is None:
-            for meta in metas:
-                task.update_state(task_id=task_id, state=states.PROGRESS, meta=meta)
-            return guards.GO_ON
-        return verdict
-    except Exception:
-        logger.warning("Could not write progress of job %s", task_id, exc_info=True)
-        return guards.GO_ON
-
-
-def check_stop(task: JobtasticTask, context: RunContext) -> None:
-    """Ask the result backend whether this run must stop; stop it if so."""
-    verdict = context.verdict
-    if verdict == guards.GO_ON and context.task_id:
-        try:
-            verdict = guards.check_run(task.backend, context.task_id, force=context.redelivered)
-        except Exception:
-            logger.warning("Could not check job %s for a cancel", context.task_id, exc_info=True)
-            return
-    if verdict != guards.GO_ON:
-        lifecycle.stop(task, context, verdict)
-
-
 # -- steps, messages and counts ----------------------------------------------------
 
 
@@ -405,8 +320,9 @@ def save_details(task: JobtasticTask, context: RunContext, failure: BaseExceptio
     recorder = ensure_details(task, context)
     recorder.finish(failed_with=None if isinstance(failure, Ignore | JobStopped) else failure)
     try:
-        record = results.details_record(context.details(), alive_for(task.herd_avoidance_timeout))
-        results.write_side(task.backend, "run", context.task_id, record)
+        timeout = alive_for(task.herd_avoidance_timeout)
+        record = side_records.details_record(context.details(), timeout)
+        side_records.write_side(task.backend, "run", context.task_id, record)
     except Exception:
         logger.warning("Could not save the details of job %s", context.task_id, exc_info=True)
 

@@ -15,10 +15,8 @@ from typing import Any
 from flask import (
     Blueprint,
     Response,
-    abort,
     current_app,
     jsonify,
-    make_response,
     render_template,
     request,
     stream_with_context,
@@ -31,93 +29,33 @@ from .contract import served_text
 from .events import event_stream, jobs_stream, owner_stream
 from .reading import viewer_document
 from .registry import JobNotFinished
+from .responses import (
+    bad_id,
+    current_state,
+    error,
+    needs_header,
+    no_store,
+    readable_job,
+    unavailable,
+    unknown,
+)
 from .status import build_status
 
 logger = logging.getLogger("flask_jobtastic")
 
 
-def _state() -> Any:
-    return current_app.extensions["jobtastic"]
-
-
-def _error(status: int, kind: str, message: str, **extra: Any) -> tuple[Response, int]:
-    return jsonify({"error": {"type": kind, "message": message}, **extra}), status
-
-
-def _bad_id() -> tuple[Response, int]:
-    return _error(400, "BadRequest", "Malformed task id: expected a UUID.")
-
-
-def _unknown(task_id: str) -> tuple[Response, int]:
-    """Unknown, expired, or someone else's: the same answer for all three."""
-    document = build_status(task_id, None)
-    return _no_store(jsonify(document)), 404
-
-
-def _unavailable(task_id: str | None = None) -> tuple[Response, int]:
-    """The result backend did not answer: a handled, retryable condition."""
-    logger.warning("Result backend unavailable while reading job status", exc_info=True)
-    extra = {"task_id": task_id} if task_id else {}
-    response, status = _error(
-        503,
-        "ResultBackendUnavailable",
-        "Job status is temporarily unavailable; try again in a moment.",
-        **extra,
-    )
-    response.headers["Retry-After"] = "2"
-    return response, status
-
-
-def _no_store(response: Response) -> Response:
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _needs_header() -> tuple[Response, int] | None:
-    """Cross-site request guard for POSTs: browsers only add custom headers same-origin."""
-    if not request.headers.get("X-Requested-With"):
-        return _error(
-            400,
-            "BadRequest",
-            "Send this request with an X-Requested-With header (the widget does).",
-        )
-    return None
-
-
-_document = viewer_document
-
-
-def _readable_job(task_id: str, *, must_exist: bool = False) -> tuple[Any, results.JobView]:
-    """``(state, view)`` of a job the caller may see; otherwise ends the request.
-
-    Malformed ids are 400, a silent result backend 503, and jobs that are not
-    the caller's (or, with ``must_exist``, not known at all) 404.
-    """
-    if not results.is_valid_task_id(task_id):
-        abort(make_response(*_bad_id()))
-    state = _state()
-    try:
-        view = results.read_job(state.celery.backend, task_id)
-    except Exception:
-        abort(make_response(*_unavailable(task_id)))
-    readable = state.may_read(view.job, has_side_records=view.has_side_records)
-    if not readable or (must_exist and "task_id" not in view.meta):
-        abort(make_response(*_unknown(task_id)))
-    return state, view
-
-
 def status(task_id: str) -> Any:
     """``GET <prefix>/status/<task_id>``: the status document of one job."""
-    state, view = _readable_job(task_id)
-    document = _document(state, task_id, view)
+    state, view = readable_job(task_id)
+    document = viewer_document(state, task_id, view)
     if view.is_canvas and request.args.get("children") not in (None, "", "0"):
         try:
             document.update(canvas.parts_page(state, task_id, request.args.get("page", "1")))
         except ValueError as exc:
-            return _error(400, "BadRequest", str(exc))
+            return error(400, "BadRequest", str(exc))
         except Exception:
-            return _unavailable(task_id)
-    response = _no_store(jsonify(document))
+            return unavailable(task_id)
+    response = no_store(jsonify(document))
     if document["state"] == states.UNKNOWN:
         return response, 404
     return response
@@ -129,7 +67,7 @@ def batch_status() -> Any:
     Answers ``{"tasks": {id: document}}`` from one result-backend round trip;
     jobs the caller may not see are ``UNKNOWN``.
     """
-    state = _state()
+    state = current_state()
     if request.method == "POST":
         try:
             body = request.get_json(silent=True)
@@ -137,7 +75,7 @@ def batch_status() -> Any:
             body = None
         ids = body.get("task_ids") if isinstance(body, dict) else None
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            return _error(400, "BadRequest", 'Send a JSON body {"task_ids": ["<uuid>", ...]}.')
+            return error(400, "BadRequest", 'Send a JSON body {"task_ids": ["<uuid>", ...]}.')
     else:
         ids = _ids_from_query()
     refused = _check_ids(state, ids)
@@ -146,18 +84,18 @@ def batch_status() -> Any:
     try:
         views = results.read_jobs(state.celery.backend, ids)
     except Exception:
-        return _unavailable()
+        return unavailable()
     documents = {}
     for task_id in ids:
         view = views[task_id]
         if state.may_read(view.job, has_side_records=view.has_side_records):
-            documents[task_id] = _document(state, task_id, view)
+            documents[task_id] = viewer_document(state, task_id, view)
         else:
             documents[task_id] = build_status(task_id, None)
     # one compact dump: at 100 documents Flask's sorted, pretty-capable jsonify shows;
     # strict (no NaN), as every document is (``status.build_status``)
     body = jsonsafe.dumps({"tasks": documents})
-    return _no_store(current_app.response_class(body, mimetype="application/json"))
+    return no_store(current_app.response_class(body, mimetype="application/json"))
 
 
 def _ids_from_query() -> list[str]:
@@ -167,14 +105,14 @@ def _ids_from_query() -> list[str]:
 def _check_ids(state: Any, ids: list[str]) -> tuple[Response, int] | None:
     """A batch of ids is one to the batch limit, each a UUID; else a 400 saying so."""
     if not ids:
-        return _error(400, "BadRequest", "Give at least one task id.")
+        return error(400, "BadRequest", "Give at least one task id.")
     if len(ids) > state.batch_limit:
-        return _error(
+        return error(
             400, "BadRequest", f"At most {state.batch_limit} task ids per request, got {len(ids)}."
         )
     bad = [task_id for task_id in ids if not results.is_valid_task_id(task_id)]
     if bad:
-        return _error(400, "BadRequest", "Malformed task id: expected UUIDs.", invalid=bad[:10])
+        return error(400, "BadRequest", "Malformed task id: expected UUIDs.", invalid=bad[:10])
     return None
 
 
@@ -185,7 +123,7 @@ def events(task_id: str) -> Any:
     after a final state. Heartbeat comments keep proxies from closing it.
     Beyond the open-stream bounds it answers 429: the widget polls instead.
     """
-    state, _ = _readable_job(task_id, must_exist=True)
+    state, _ = readable_job(task_id, must_exist=True)
     return _stream(state, task_id, lambda: event_stream(state, task_id))
 
 
@@ -198,7 +136,7 @@ def events_many() -> Any:
     browser holds, so a reconnect (``Last-Event-ID``, or ``?cursor=``) sends
     only what changed meanwhile.
     """
-    state = _state()
+    state = current_state()
     ids = list(dict.fromkeys(_ids_from_query()))
     refused = _check_ids(state, ids)
     if refused:
@@ -220,7 +158,7 @@ def events_of_owner() -> Any:
         return refused
     owner = state.current_owner()
     if owner is None:
-        return _error(404, "NotFound", "There is no current user, so there are no jobs to watch.")
+        return error(404, "NotFound", "There is no current user, so there are no jobs to watch.")
     ids = list(dict.fromkeys(_ids_from_query()))
     refused = _check_ids(state, ids) if ids else None
     if refused:
@@ -236,7 +174,7 @@ def _stream(state: Any, label: str | None, make: Callable[[], Iterator[str]]) ->
     if release is None:
         response = jsonify(streams.refusal(label, bound or "process"))
         response.headers["Retry-After"] = str(streams.RETRY_AFTER)
-        return _no_store(response), 429
+        return no_store(response), 429
     try:
         chunks = streams.watch_client(
             stream_with_context(make()), request.environ.get("gunicorn.socket")
@@ -260,27 +198,27 @@ def cancel(task_id: str) -> Any:
     shared by several owners, the caller is detached (it reads ``REVOKED``
     for them) and the run stops when the last owner waiting on it cancels.
     """
-    refused = _needs_header()
+    refused = needs_header()
     if refused:
         return refused
-    state, view = _readable_job(task_id, must_exist=True)
-    document = _document(state, task_id, view)
+    state, view = readable_job(task_id, must_exist=True)
+    document = viewer_document(state, task_id, view)
     if document["ready"]:
-        return _no_store(jsonify(document))
+        return no_store(jsonify(document))
     try:
         lifecycle.request_cancel(state, task_id, (view.job or {}).get("owner"))
         if view.is_canvas:
             canvas.cancel(state, task_id)
         view = results.read_job(state.celery.backend, task_id)
     except Exception:
-        return _unavailable(task_id)
-    return _no_store(jsonify(_document(state, task_id, view)))
+        return unavailable(task_id)
+    return no_store(jsonify(viewer_document(state, task_id, view)))
 
 
 def _registry_or_404() -> Any:
-    state = _state()
+    state = current_state()
     if state.registry is None:
-        return None, _error(404, "NotFound", "The job registry is not enabled.")
+        return None, error(404, "NotFound", "The job registry is not enabled.")
     return state, None
 
 
@@ -294,10 +232,10 @@ def my_jobs() -> Any:
         return refused
     owner = state.current_owner()
     if owner is None:
-        return _no_store(jsonify({"jobs": []}))
+        return no_store(jsonify({"jobs": []}))
     wanted = request.args.getlist("state") or None
     if wanted and not set(wanted) <= set(_JOB_STATES):
-        return _error(400, "BadRequest", f"state must be one of {', '.join(_JOB_STATES)}.")
+        return error(400, "BadRequest", f"state must be one of {', '.join(_JOB_STATES)}.")
     try:
         if request.args.get("all") or wanted:
             records = state.registry.jobs_of(owner, states=wanted)
@@ -305,8 +243,8 @@ def my_jobs() -> Any:
             records = state.registry.for_display(owner, recent_seconds=state.registry.seen_ttl)
         records = _settle_lost(state, records)
     except Exception:
-        return _unavailable()
-    return _no_store(jsonify({"jobs": [record.to_dict() for record in records]}))
+        return unavailable()
+    return no_store(jsonify({"jobs": [record.to_dict() for record in records]}))
 
 
 def _settle_lost(state: Any, records: list[Any]) -> list[Any]:
@@ -320,7 +258,7 @@ def _settle_lost(state: Any, records: list[Any]) -> list[Any]:
         view = views.get(record.id)
         if (
             view is not None
-            and _document(state, record.id, view).get("error", {}).get("type") == "WorkerLost"
+            and viewer_document(state, record.id, view).get("error", {}).get("type") == "WorkerLost"
         ):
             record = state.record_state(record.id, "failed") or record
         settled.append(record)
@@ -329,26 +267,26 @@ def _settle_lost(state: Any, records: list[Any]) -> list[Any]:
 
 def mark_seen(task_id: str) -> Any:
     """``POST <prefix>/jobs/<task_id>/seen``: the owner saw this finished job."""
-    refused = _needs_header()
+    refused = needs_header()
     if refused:
         return refused
     if not results.is_valid_task_id(task_id):
-        return _bad_id()
+        return bad_id()
     state, refused = _registry_or_404()
     if refused:
         return refused
     owner = state.current_owner()
     if owner is None:
-        return _unknown(task_id)
+        return unknown(task_id)
     try:
         record = state.registry.mark_seen(task_id, owner)
     except LookupError:
-        return _unknown(task_id)
+        return unknown(task_id)
     except JobNotFinished:
-        return _error(409, "Conflict", "Only a finished job can be marked as seen.")
+        return error(409, "Conflict", "Only a finished job can be marked as seen.")
     except Exception:
-        return _unavailable(task_id)
-    return _no_store(jsonify(record.to_dict()))
+        return unavailable(task_id)
+    return no_store(jsonify(record.to_dict()))
 
 
 def jobs_partial() -> Any:
@@ -362,7 +300,7 @@ def jobs_partial() -> Any:
         try:
             records = state.registry.for_display(owner, recent_seconds=state.registry.seen_ttl)
         except Exception:  # its store is down: the same retryable 503 as the JSON list
-            return _unavailable()
+            return unavailable()
     return render_template("jobtastic/jobs.html", jobtastic_jobs=records)
 
 
@@ -378,7 +316,7 @@ class TaskIdConverter(PathConverter):
 
 def openapi() -> Any:
     """``GET <prefix>/openapi.json``: the contract, its ``servers`` where this app serves it."""
-    state = _state()
+    state = current_state()
     text = served_text(state.url_prefix, request.script_root, state.batch_limit)
     return current_app.response_class(text, mimetype="application/json")
 

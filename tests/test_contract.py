@@ -33,7 +33,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from flask_jobtastic import contract, results
+from flask_jobtastic import contract, side_records
 from flask_jobtastic.events import _unavailable_event
 from tests.app_factory import close_app, create_app
 from tests.servers import free_port
@@ -261,7 +261,7 @@ def test_a_running_job_cancelled_then_a_lost_one(app, token):
     watch(client, lost, lambda d: d["state"] == "PROGRESS" and d["progress_percent"] > 0)
     marker = redis.Redis.from_url(os.environ["JOBTASTIC_TEST_BACKEND_URL"])
     for _ in range(3):  # the heartbeat may renew the marker between the two calls
-        marker.delete(results.side_key("run", lost))
+        marker.delete(side_records.side_key("run", lost))
         response = client.get(f"{PREFIX}/status/{lost}", headers=ALICE)
         document = checked(response, "GET", "/status/{task_id}")
         if document["state"] == "FAILURE":

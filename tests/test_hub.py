@@ -16,7 +16,8 @@ import redis
 from flask import Flask
 
 from flask_jobtastic import Jobtastic, results
-from flask_jobtastic.hub import Inbox, hub_for
+from flask_jobtastic.hub import hub_for
+from flask_jobtastic.inbox import Inbox
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "it") -> Any:

@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from flask_jobtastic import JobtasticTask, results
+from flask_jobtastic import JobtasticTask, results, side_records
 from flask_jobtastic.binding import registered_instance
 from flask_jobtastic.lifecycle import cache_ttl
 from tests import tasks
@@ -55,12 +55,12 @@ def test_the_owner_record_outlives_the_result_and_its_loss_fails_closed(owned_ap
     wait_for(client, result.id, lambda d: d["state"] == "SUCCESS")
     store = backend_redis()
     meta_ttl = store.ttl(f"celery-task-meta-{result.id}")
-    owner_ttl = store.ttl(results.side_key("job", result.id))
+    owner_ttl = store.ttl(side_records.side_key("job", result.id))
     # renewed as the job ended, with a margin over the meta Celery just wrote
     assert owner_ttl >= meta_ttl + results.JOB_RECORD_MARGIN - 5, (owner_ttl, meta_ttl)
     # a record that is gone anyway (evicted, deleted) makes the job nobody's,
     # even with JOBTASTIC_ALLOW_UNOWNED
-    store.delete(results.side_key("job", result.id))
+    store.delete(side_records.side_key("job", result.id))
     for headers in (ALICE, BOB, {}):
         response = client.get(f"/jobtastic/status/{result.id}", headers=headers)
         assert response.status_code == 404 and response.get_json()["state"] == "UNKNOWN"
@@ -100,10 +100,10 @@ def test_a_failure_shown_for_a_missing_heartbeat_never_turns_back(owned_app, tok
     with owned_app.test_request_context(headers=ALICE):
         result = CancellableTask.delay_or_fail(token=token, steps=40, pause=0.1)
     wait_for(client, result.id, lambda d: d["state"] == "PROGRESS" and d["progress_percent"] > 0)
-    backend_redis().delete(results.side_key("run", result.id))
+    backend_redis().delete(side_records.side_key("run", result.id))
     lost = client.get(f"/jobtastic/status/{result.id}", headers=ALICE).get_json()
     if lost["state"] != "FAILURE":  # the heartbeat renewed it first: try once more
-        backend_redis().delete(results.side_key("run", result.id))
+        backend_redis().delete(side_records.side_key("run", result.id))
         lost = client.get(f"/jobtastic/status/{result.id}", headers=ALICE).get_json()
     assert lost["state"] == "FAILURE" and lost["error"]["type"] == "WorkerLost"
     stopped_at = tasks.ticks(token)

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from celery import Celery
 
-from flask_jobtastic import results
+from flask_jobtastic import results, side_records
 
 
 @pytest.fixture()
@@ -55,7 +55,7 @@ def test_first_progress_write_sets_the_alive_marker_and_publishes_every_meta(bac
     view = results.read_job(backend, task_id)
     assert view.meta["status"] == "PROGRESS" and view.meta["result"]["progress_percent"] == 40
     assert view.is_alive is True and view.detail is None
-    assert 0 < backend.client.ttl(results.side_key("run", task_id)) <= 5
+    assert 0 < backend.client.ttl(side_records.side_key("run", task_id)) <= 5
 
 
 def test_details_left_at_the_end_keep_the_job_alive_only_while_celery_stores_the_result(
@@ -64,12 +64,13 @@ def test_details_left_at_the_end_keep_the_job_alive_only_while_celery_stores_the
     task_id = str(uuid.uuid4())
     results.write_progress(backend, task_id, {"progress_percent": 100}, alive_for=5)
     steps = [{"key": "load", "state": "done"}]
-    results.write_side(backend, "run", task_id, results.details_record({"steps": steps}, 5))
+    details = side_records.details_record({"steps": steps}, 5)
+    side_records.write_side(backend, "run", task_id, details)
     view = results.read_job(backend, task_id)
     assert view.is_alive is True  # not reported as a lost worker in that instant
     assert view.detail["steps"] == steps
-    results.write_side(
-        backend, "run", task_id, {results.ENDED_FIELD: time.time() - 60, "alive_for": 5}
+    side_records.write_side(
+        backend, "run", task_id, {side_records.ENDED_FIELD: time.time() - 60, "alive_for": 5}
     )
     assert results.read_job(backend, task_id).is_alive is False  # it died before storing
 
@@ -91,7 +92,7 @@ def test_a_corrupt_record_is_read_on_its_own_without_spoiling_the_batch(backend)
     good, bad = str(uuid.uuid4()), str(uuid.uuid4())
     backend.store_result(good, [1, 2], "SUCCESS")
     backend.store_result(bad, "fine", "SUCCESS")
-    backend.client.set(results.side_key("job", bad), b"1,2")  # not one JSON value
+    backend.client.set(side_records.side_key("job", bad), b"1,2")  # not one JSON value
     views = results.read_jobs(backend, [good, bad])
     assert views[good].meta["result"] == [1, 2]
     assert views[bad].meta["result"] == "fine"

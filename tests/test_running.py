@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_jobtastic import JobtasticTask, keys, results, states
+from flask_jobtastic import JobtasticTask, keys, side_records, states
 from flask_jobtastic.binding import registered_instance
 from flask_jobtastic.running import CHECK_CANCEL_AFTER, RunContext, rss
 from flask_jobtastic.status import CANCEL_FIELD
@@ -63,7 +63,7 @@ class StoppableTask(JobtasticTask):
 
 def ask_cancel(backend: Any, task_id: str) -> None:
     """What ``POST /cancel`` writes: the request in the job's side record."""
-    results.write_side(backend, "job", task_id, {"owner": None, CANCEL_FIELD: time.time()})
+    side_records.write_side(backend, "job", task_id, {"owner": None, CANCEL_FIELD: time.time()})
 
 
 def run_eager(app: Flask, task_cls: type[JobtasticTask], headers=None, **kwargs: Any):

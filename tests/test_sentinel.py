@@ -22,7 +22,7 @@ import redis
 from flask import Flask, request
 from redis.sentinel import SentinelConnectionPool
 
-from flask_jobtastic import Jobtastic, results
+from flask_jobtastic import Jobtastic, side_records
 from flask_jobtastic.errors import ConfigurationError
 from flask_jobtastic.extension import _registry_on_backend_redis, build_registry
 from flask_jobtastic.redis_urls import client_from_url, same_server, server_of
@@ -124,7 +124,7 @@ def plant(app: Flask, task_id: str, state: str, meta: Any) -> None:
     """Write a job's state as a worker would, through the app's result backend."""
     backend = app.extensions["jobtastic"].celery.backend
     if state == "PROGRESS":
-        results.write_side(backend, "run", task_id, results.alive_marker())
+        side_records.write_side(backend, "run", task_id, side_records.alive_marker())
     backend.store_result(task_id, meta, state)
 
 
