@@ -125,8 +125,9 @@ class JobtasticTask(ReportingMixin, Task):  # type: ignore[type-arg]  # any argu
         """Called in the worker when a running job stops because it was cancelled.
 
         Override it to clean up what the job leaves half done (temporary
-        files, partial uploads). It runs before the job reads ``REVOKED``, and
-        an exception here is logged, not raised.
+        files, partial uploads). It runs before the job reads ``REVOKED`` (a
+        moment after, when another worker stored ``REVOKED`` for a job that
+        had not shown progress yet), and an exception here is logged, not raised.
         """
 
     def cache_key_for(
